@@ -1,0 +1,154 @@
+"""Every state-dict key of the STF model, with its shape, in upstream order.
+
+`state_dict_spec(config)` is the single source of truth for key names and
+shapes: the weight loader validates against it, the synthetic-weight recipe
+walks it, and the PyTorch mirror must produce exactly these keys. For the
+default configuration it reproduces `spec/keys-stf.tsv` row for row.
+
+Layouts are PyTorch's: Linear (out, in), Conv2d (out, in, kH, kW).
+"""
+from dataclasses import dataclass
+
+from .config import STFConfig
+
+# Entropy-model buffers whose shape is only known after the CDF tables are built
+# (empty in a freshly constructed upstream model and in train.py checkpoints).
+TABLE_BUFFERS = (
+    "entropy_bottleneck._offset",
+    "entropy_bottleneck._quantized_cdf",
+    "entropy_bottleneck._cdf_length",
+    "gaussian_conditional._offset",
+    "gaussian_conditional._quantized_cdf",
+    "gaussian_conditional._cdf_length",
+    "gaussian_conditional.scale_table",
+)
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    key: str
+    shape: tuple
+    dtype: str  # "float32" | "int32" | "int64"
+    kind: str  # "param" | "buffer"
+
+
+def _swin_block(prefix, C, heads, ws, mlp_ratio):
+    hidden = int(C * mlp_ratio)
+    P, B = "param", "buffer"
+    return [
+        KeySpec(f"{prefix}.norm1.weight", (C,), "float32", P),
+        KeySpec(f"{prefix}.norm1.bias", (C,), "float32", P),
+        KeySpec(f"{prefix}.attn.relative_position_bias_table", ((2 * ws - 1) ** 2, heads), "float32", P),
+        KeySpec(f"{prefix}.attn.relative_position_index", (ws * ws, ws * ws), "int64", B),
+        KeySpec(f"{prefix}.attn.qkv.weight", (3 * C, C), "float32", P),
+        KeySpec(f"{prefix}.attn.qkv.bias", (3 * C,), "float32", P),
+        KeySpec(f"{prefix}.attn.proj.weight", (C, C), "float32", P),
+        KeySpec(f"{prefix}.attn.proj.bias", (C,), "float32", P),
+        KeySpec(f"{prefix}.norm2.weight", (C,), "float32", P),
+        KeySpec(f"{prefix}.norm2.bias", (C,), "float32", P),
+        KeySpec(f"{prefix}.mlp.fc1.weight", (hidden, C), "float32", P),
+        KeySpec(f"{prefix}.mlp.fc1.bias", (hidden,), "float32", P),
+        KeySpec(f"{prefix}.mlp.fc2.weight", (C, hidden), "float32", P),
+        KeySpec(f"{prefix}.mlp.fc2.bias", (C,), "float32", P),
+    ]
+
+
+def _conv(prefix, cin, cout, k=3):
+    return [
+        KeySpec(f"{prefix}.weight", (cout, cin, k, k), "float32", "param"),
+        KeySpec(f"{prefix}.bias", (cout,), "float32", "param"),
+    ]
+
+
+def _linear_norm(prefix, cin, cout, norm_dim):
+    """PatchMerging / PatchSplit: reduction (no bias) before norm in key order."""
+    return [
+        KeySpec(f"{prefix}.reduction.weight", (cout, cin), "float32", "param"),
+        KeySpec(f"{prefix}.norm.weight", (norm_dim,), "float32", "param"),
+        KeySpec(f"{prefix}.norm.bias", (norm_dim,), "float32", "param"),
+    ]
+
+
+def slice_network_widths(config: STFConfig, in_channels: int):
+    """(in, h0, h1, h2, h3, S): the five 3x3 convolutions of one slice network."""
+    return (in_channels,) + tuple(config.slice_hidden) + (config.slice_channels,)
+
+
+def slice_in_channels(config: STFConfig, s: int, kind: str):
+    """Input channels of slice network s: latent params + the support slices."""
+    S, k = config.slice_channels, min(s, config.max_support_slices)
+    if kind == "lrp":  # LRP also sees the current slice
+        k = min(s + 1, config.max_support_slices + 1)
+    return config.M + S * k
+
+
+def state_dict_spec(config: STFConfig = STFConfig()):
+    """All keys of the upstream state dict for `config`, in upstream order."""
+    c, ws = config, config.window_size
+    spec = []
+    e, p = c.embed_dim, c.patch_size
+    spec += _conv("patch_embed.proj", c.in_chans, e, k=p)
+    spec += [KeySpec("patch_embed.norm.weight", (e,), "float32", "param"),
+             KeySpec("patch_embed.norm.bias", (e,), "float32", "param")]
+    last = len(c.depths) - 1
+    # analysis stages: blocks, then PatchMerging (C -> 2C, norm over 4C)
+    for i, (depth, heads, C) in enumerate(zip(c.depths, c.num_heads, c.stage_dims)):
+        for b in range(depth):
+            spec += _swin_block(f"layers.{i}.blocks.{b}", C, heads, ws, c.mlp_ratio)
+        if i < last:
+            spec += _linear_norm(f"layers.{i}.downsample", 4 * C, 2 * C, 4 * C)
+    # synthesis stages: reversed widths, PatchSplit (norm over C, C -> 2C)
+    for i, (depth, heads, C) in enumerate(zip(c.depths[::-1], c.num_heads[::-1], c.stage_dims[::-1])):
+        for b in range(depth):
+            spec += _swin_block(f"syn_layers.{i}.blocks.{b}", C, heads, ws, c.mlp_ratio)
+        if i < last:
+            spec += _linear_norm(f"syn_layers.{i}.downsample", C, 2 * C, C)
+    spec += _conv("end_conv.0", e, e * p * p, k=5)
+    spec += _conv("end_conv.2", e, c.in_chans, k=3)
+    # hyperprior
+    hw = c.hyper_widths  # (8e, 7e, 6e, 5e, 4e)
+    for j, (cin, cout) in enumerate(zip((c.M,) + hw[:-1], hw)):
+        spec += _conv(f"h_a.{2 * j}", cin, cout)
+    for name in ("h_mean_s", "h_scale_s"):
+        rev = hw[::-1]  # (4e, 5e, 6e, 7e, 8e)
+        spec += _conv(f"{name}.0", rev[0], rev[1])
+        spec += _conv(f"{name}.2.0", rev[1], rev[2] * 4)  # subpel conv, PixelShuffle(2)
+        spec += _conv(f"{name}.4", rev[2], rev[3])
+        spec += _conv(f"{name}.6.0", rev[3], rev[4] * 4)
+        spec += _conv(f"{name}.8", rev[4], c.M)
+    # channel-conditional slice networks
+    for kind, name in (("mean", "cc_mean_transforms"), ("scale", "cc_scale_transforms"),
+                       ("lrp", "lrp_transforms")):
+        for s in range(c.num_slices):
+            widths = slice_network_widths(c, slice_in_channels(c, s, kind))
+            for j in range(5):
+                spec += _conv(f"{name}.{s}.{2 * j}", widths[j], widths[j + 1])
+    # entropy bottleneck (STF fork naming) for z
+    C = c.N_z
+    F = (1, 3, 3, 3, 3, 1)
+    for i in range(5):
+        spec.append(KeySpec(f"entropy_bottleneck._matrix{i}", (C, F[i + 1], F[i]), "float32", "param"))
+        spec.append(KeySpec(f"entropy_bottleneck._bias{i}", (C, F[i + 1], 1), "float32", "param"))
+        if i < 4:
+            spec.append(KeySpec(f"entropy_bottleneck._factor{i}", (C, F[i + 1], 1), "float32", "param"))
+    spec.append(KeySpec("entropy_bottleneck.quantiles", (C, 1, 3), "float32", "param"))
+    spec += [
+        KeySpec("entropy_bottleneck._offset", (0,), "int32", "buffer"),
+        KeySpec("entropy_bottleneck._quantized_cdf", (0,), "int32", "buffer"),
+        KeySpec("entropy_bottleneck._cdf_length", (0,), "int32", "buffer"),
+        KeySpec("entropy_bottleneck.target", (3,), "float32", "buffer"),
+        KeySpec("entropy_bottleneck.likelihood_lower_bound.bound", (1,), "float32", "buffer"),
+        KeySpec("gaussian_conditional._offset", (0,), "int32", "buffer"),
+        KeySpec("gaussian_conditional._quantized_cdf", (0,), "int32", "buffer"),
+        KeySpec("gaussian_conditional._cdf_length", (0,), "int32", "buffer"),
+        KeySpec("gaussian_conditional.scale_table", (0,), "float32", "buffer"),
+        KeySpec("gaussian_conditional.scale_bound", (1,), "float32", "buffer"),
+        KeySpec("gaussian_conditional.likelihood_lower_bound.bound", (1,), "float32", "buffer"),
+        KeySpec("gaussian_conditional.lower_bound_scale.bound", (1,), "float32", "buffer"),
+    ]
+    return spec
+
+
+def param_spec(config: STFConfig = STFConfig()):
+    """Only the learned parameters: what a minstf weight file must hold."""
+    return [k for k in state_dict_spec(config) if k.kind == "param"]
