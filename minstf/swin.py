@@ -1,0 +1,211 @@
+"""Swin Transformer pieces of STF: windows, attention, blocks, resamplers, stages (STF.md §2).
+
+Tokens are `(B, L, C)` with `L = H*W` in row-major order; inside a block they
+are viewed as maps `(B, H, W, C)`, padded to whole windows `(B, Hp, Wp, C)` and
+cut into `nW` windows of `N = ws*ws` tokens. All windows and heads of a stage
+go through attention together as one batch `(B_, nH, N, hd)`, `B_ = B*nW`.
+
+Weights come from the flat params dict under upstream key names, e.g.
+`params["layers.0.blocks.1.attn.qkv.weight"]`; functions take the key prefix.
+"""
+from functools import lru_cache
+
+import numpy as np
+
+from .backend import to_device, xp_of
+from .ops import conv2d, gelu, layer_norm, linear, pixel_shuffle, softmax
+
+
+# --- windows -----------------------------------------------------------------
+def window_partition(x, ws):
+    """Cut a map into non-overlapping windows.
+
+    Args: x (B, Hp, Wp, C) with Hp, Wp multiples of ws.
+    Returns: (B*nW, ws*ws, C); windows ordered batch, window row, window column;
+    token n = i*ws + j for pixel (i, j) of a window.
+    """
+    B, Hp, Wp, C = x.shape
+    x = x.reshape(B, Hp // ws, ws, Wp // ws, ws, C)  # (B, Hp, Wp, C) -> (B, nh, ws, nw, ws, C)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # -> (B, nh, nw, ws, ws, C)
+    return x.reshape(-1, ws * ws, x.shape[-1])  # -> (B*nW, N, C)
+
+
+def window_reverse(windows, ws, Hp, Wp):
+    """Inverse of `window_partition`.
+
+    Args: windows (B*nW, ws*ws, C). Returns: (B, Hp, Wp, C).
+    """
+    C = windows.shape[-1]
+    nh, nw = Hp // ws, Wp // ws
+    x = windows.reshape(-1, nh, nw, ws, ws, C)  # (B*nW, N, C) -> (B, nh, nw, ws, ws, C)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # -> (B, nh, ws, nw, ws, C)
+    return x.reshape(-1, Hp, Wp, C)  # -> (B, Hp, Wp, C)
+
+
+@lru_cache(maxsize=None)
+def _relative_position_index(ws):
+    r, c = np.divmod(np.arange(ws * ws), ws)  # window coordinates of token n
+    dr = r[:, None] - r[None, :] + (ws - 1)  # (N, N), 0..2ws-2
+    dc = c[:, None] - c[None, :] + (ws - 1)
+    index = (dr * (2 * ws - 1) + dc).astype(np.int64)
+    index.flags.writeable = False
+    return index
+
+
+def relative_position_index(ws):
+    """(N, N) int64: row of the bias table for query n and key m (STF.md §2.3)."""
+    return _relative_position_index(ws).copy()
+
+
+def shift_attention_mask(H, W, ws, shift, xp=np):
+    """The shifted-window mask of a stage, on the padded size (STF.md §2.5).
+
+    Args: H, W the stage's map size; Hp, Wp = H, W rounded up to multiples of ws.
+    Returns: (nW, N, N) float32, 0 where query and key come from the same
+    region of the rolled map, -100 otherwise.
+    """
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+
+    def bands(n):  # band index 0, 1, 2 of each row (column) of the rolled map
+        return np.searchsorted([n - ws, n - shift], np.arange(n), side="right")
+
+    label = 3 * bands(Hp)[:, None] + bands(Wp)[None, :]  # (Hp, Wp), values 0..8
+    label = window_partition(label[None, :, :, None], ws)[..., 0]  # (1, Hp, Wp, 1) -> (nW, N)
+    mask = np.where(label[:, :, None] == label[:, None, :], 0.0, -100.0)  # (nW, N, N)
+    return to_device(mask.astype(np.float32), xp)
+
+
+# --- attention and blocks ------------------------------------------------------
+def window_attention(x, params, prefix, num_heads, mask=None):
+    """Multi-head self-attention inside each window, with relative position bias.
+
+    Args: x (B_, N, C) windows; mask (nW, N, N) or None, with B_ = B*nW.
+    Returns: (B_, N, C).
+    """
+    xp = xp_of(x)
+    B_, N, C = x.shape
+    hd = C // num_heads
+    ws = int(round(N ** 0.5))
+    qkv = linear(x, params[f"{prefix}.qkv.weight"], params[f"{prefix}.qkv.bias"])  # (B_, N, 3C)
+    qkv = qkv.reshape(B_, N, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)  # -> (3, B_, nH, N, hd)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # each (B_, nH, N, hd)
+    q = q * xp.float32(hd ** -0.5)
+    attn = q @ k.swapaxes(-1, -2)  # (B_, nH, N, N)
+    index = to_device(_relative_position_index(ws), xp).reshape(-1)
+    table = params[f"{prefix}.relative_position_bias_table"]  # ((2ws-1)^2, nH)
+    bias = table[index].reshape(N, N, num_heads).transpose(2, 0, 1)  # (N*N, nH) -> (nH, N, N)
+    attn += bias
+    if mask is not None:
+        nW = mask.shape[0]
+        attn = attn.reshape(B_ // nW, nW, num_heads, N, N)  # (B_, nH, N, N) -> (B, nW, nH, N, N)
+        attn += mask[None, :, None]
+        attn = attn.reshape(B_, num_heads, N, N)  # -> (B_, nH, N, N)
+    attn = softmax(attn, axis=-1)
+    out = attn @ v  # (B_, nH, N, hd)
+    out = out.transpose(0, 2, 1, 3).reshape(B_, N, C)  # -> (B_, N, nH, hd) -> (B_, N, C)
+    return linear(out, params[f"{prefix}.proj.weight"], params[f"{prefix}.proj.bias"])
+
+
+def swin_block(x, H, W, params, prefix, num_heads, ws, shift=0, mask=None):
+    """One Swin block: (shifted) window attention and an MLP, each with a residual (STF.md §2.6).
+
+    Args: x tokens (B, H*W, C); shift 0 or ws//2; mask (nW, N, N) when shift > 0.
+    Returns: tokens (B, H*W, C).
+    """
+    xp = xp_of(x)
+    B, L, C = x.shape
+    p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
+    h = layer_norm(x, p("norm1.weight"), p("norm1.bias")).reshape(B, H, W, C)  # (B, L, C) -> (B, H, W, C)
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    if (Hp, Wp) != (H, W):  # zero padding after the LayerNorm: padded tokens are exact zeros
+        h = xp.pad(h, ((0, 0), (0, Hp - H), (0, Wp - W), (0, 0)))  # -> (B, Hp, Wp, C)
+    if shift:
+        h = xp.roll(h, (-shift, -shift), axis=(1, 2))
+    windows = window_partition(h, ws)  # (B, Hp, Wp, C) -> (B*nW, N, C)
+    windows = window_attention(windows, params, f"{prefix}.attn", num_heads, mask if shift else None)
+    h = window_reverse(windows, ws, Hp, Wp)  # (B*nW, N, C) -> (B, Hp, Wp, C)
+    if shift:
+        h = xp.roll(h, (shift, shift), axis=(1, 2))
+    h = h[:, :H, :W].reshape(B, L, C)  # crop, (B, Hp, Wp, C) -> (B, L, C)
+    x = x + h
+    h = layer_norm(x, p("norm2.weight"), p("norm2.bias"))
+    h = gelu(linear(h, p("mlp.fc1.weight"), p("mlp.fc1.bias")))  # (B, L, C) -> (B, L, 4C)
+    h = linear(h, p("mlp.fc2.weight"), p("mlp.fc2.bias"))  # (B, L, 4C) -> (B, L, C)
+    x += h
+    return x
+
+
+# --- embedding and resampling --------------------------------------------------
+def patch_embed(x, params, patch_size, prefix="patch_embed"):
+    """Image to tokens: pad to a multiple of patch_size, strided conv, LayerNorm (STF.md §2.1).
+
+    Args: x (B, H, W, Cin) image. Returns: tokens (B, H1*W1, C), H1, W1.
+    """
+    xp = xp_of(x)
+    _, H, W, _ = x.shape
+    ph, pw = -H % patch_size, -W % patch_size
+    if ph or pw:
+        x = xp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))  # pad right / bottom
+    x = conv2d(x, params[f"{prefix}.proj.weight"], params[f"{prefix}.proj.bias"],
+               stride=patch_size)  # (B, H, W, Cin) -> (B, H1, W1, C)
+    B, H1, W1, C = x.shape
+    x = layer_norm(x, params[f"{prefix}.norm.weight"], params[f"{prefix}.norm.bias"])
+    return x.reshape(B, H1 * W1, C), H1, W1  # (B, H1, W1, C) -> (B, L, C)
+
+
+def patch_merging(x, H, W, params, prefix):
+    """Encoder downsampling: 2x2 neighbours to channels, LayerNorm(4C), Linear 4C -> 2C (STF.md §2.7).
+
+    Args: tokens (B, H*W, C). Returns: tokens (B, H'*W', 2C), H' = ceil(H/2), W' = ceil(W/2).
+    """
+    xp = xp_of(x)
+    B, L, C = x.shape
+    x = x.reshape(B, H, W, C)  # (B, L, C) -> (B, H, W, C)
+    if H % 2 or W % 2:
+        x = xp.pad(x, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
+    # order x0 (0,0), x1 (1,0), x2 (0,1), x3 (1,1) in (row, col) offsets
+    x = xp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                       axis=-1)  # -> (B, H', W', 4C)
+    _, H2, W2, _ = x.shape
+    x = layer_norm(x, params[f"{prefix}.norm.weight"], params[f"{prefix}.norm.bias"])
+    x = linear(x, params[f"{prefix}.reduction.weight"])  # (B, H', W', 4C) -> (B, H', W', 2C)
+    return x.reshape(B, H2 * W2, 2 * C), H2, W2  # -> (B, L', 2C)
+
+
+def patch_split(x, H, W, params, prefix):
+    """Decoder upsampling: LayerNorm(C), Linear C -> 2C, PixelShuffle(2) (STF.md §2.8).
+
+    Args: tokens (B, H*W, C). Returns: tokens (B, 4*H*W, C/2), 2H, 2W.
+    """
+    B, L, C = x.shape
+    x = layer_norm(x, params[f"{prefix}.norm.weight"], params[f"{prefix}.norm.bias"])
+    x = linear(x, params[f"{prefix}.reduction.weight"])  # (B, L, C) -> (B, L, 2C)
+    x = pixel_shuffle(x.reshape(B, H, W, 2 * C), 2)  # (B, H, W, 2C) -> (B, 2H, 2W, C/2)
+    return x.reshape(B, 4 * L, C // 2), 2 * H, 2 * W  # -> (B, 4L, C/2)
+
+
+# --- one stage -----------------------------------------------------------------
+def basic_layer(x, H, W, params, prefix, depth, num_heads, ws, resample=None, taps=None, tap_name=None):
+    """One stage: `depth` blocks (odd ones shifted by ws//2), then the resampler (STF.md §2.9).
+
+    Args: tokens (B, H*W, C); resample None, "merge" (PatchMerging) or "split" (PatchSplit).
+    taps: optional dict; records `{tap_name}_blk{b}` (tokens after block b),
+    `{tap_name}_mask` (the shift mask) and `{tap_name}_out` (after resampling).
+    Returns: tokens, new H, new W.
+    """
+    shift = ws // 2
+    mask = shift_attention_mask(H, W, ws, shift, xp_of(x)) if depth > 1 else None
+    if taps is not None and mask is not None:
+        taps[f"{tap_name}_mask"] = mask
+    for b in range(depth):
+        x = swin_block(x, H, W, params, f"{prefix}.blocks.{b}", num_heads, ws,
+                       shift=shift if b % 2 else 0, mask=mask)
+        if taps is not None:
+            taps[f"{tap_name}_blk{b}"] = x
+    if resample == "merge":
+        x, H, W = patch_merging(x, H, W, params, f"{prefix}.downsample")
+    elif resample == "split":
+        x, H, W = patch_split(x, H, W, params, f"{prefix}.downsample")
+    if taps is not None:
+        taps[f"{tap_name}_out"] = x
+    return x, H, W
