@@ -1,0 +1,119 @@
+"""The PyTorch mirror (minstf.mirror) against the key inventory and the golden upstream vector."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from minstf.config import STFConfig  # noqa: E402
+from minstf.keys import state_dict_spec  # noqa: E402
+from minstf.mirror.stf_torch import SCALE_TABLE, STFTorch, relative_position_index, shift_mask  # noqa: E402
+from minstf.synthetic import recipe_weights  # noqa: E402
+
+torch.set_num_threads(2)
+
+SMALL = STFConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 4), num_slices=4,
+                  max_support_slices=2, slice_hidden=(32, 24, 16, 16))
+
+# golden key -> atol; discrete outputs are compared exactly
+TOLERANCES = {
+    "patch_embed": 1e-4, "enc0_out": 1e-4, "enc1_out": 1e-4, "enc2_out": 1e-4, "enc3_out": 1e-4,
+    "y": 1e-4, "z": 1e-4, "latent_means": 1e-4, "latent_scales": 1e-4, "mu": 1e-4, "scale": 1e-4,
+    "lrp_raw": 1e-4, "y_hat_pre_lrp": 1e-4, "y_hat": 1e-4, "x_hat_forward": 1e-4,
+    "dec0_out": 1e-4, "dec1_out": 1e-4, "dec2_out": 1e-4, "dec3_blk1": 1e-4, "enc3_blk1": 1e-4,
+    "lik_y": 1e-5, "lik_z": 1e-5,
+    "z_hat": 0, "symbols": 0, "index": 0,
+}
+
+
+def check_tensor(name, ours, ref, atol):
+    """llm.c-style verdict: name, max |difference|, OK / NOT OK."""
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != golden {ref.shape}"
+    err = float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+    print(f"{name:16s} max|diff| {err:.3g}  {'OK' if err <= atol else 'NOT OK'}")
+    assert err <= atol, f"{name}: max |diff| {err:.3g} > {atol} (stale fixture? regenerate golden subset)"
+    return err
+
+
+@pytest.mark.parametrize("config", [STFConfig(), SMALL], ids=["default", "small"])
+def test_state_dict_matches_key_spec(config):
+    state = STFTorch(config).state_dict()
+    spec = state_dict_spec(config)
+    assert list(state) == [s.key for s in spec]
+    for s in spec:
+        assert tuple(state[s.key].shape) == s.shape, s.key
+        assert str(state[s.key].dtype) == f"torch.{s.dtype}", s.key
+
+
+@pytest.fixture(scope="module")
+def golden_model(golden_params):
+    return STFTorch(STFConfig()).load_params(golden_params).eval()
+
+
+@pytest.mark.parametrize("prefix", ["", "b_"], ids=["input_A", "input_B"])
+def test_taps_match_golden(golden, golden_model, prefix):
+    taps = golden_model.taps(golden[prefix + "x"])
+    compared = 0
+    for name, atol in TOLERANCES.items():
+        if prefix + name in golden:
+            check_tensor(prefix + name, taps[name], golden[prefix + name], atol)
+            compared += 1
+    assert compared >= (20 if prefix == "" else 8)
+
+
+def test_block_taps_match_golden(golden, golden_model):
+    if not golden.full:
+        pytest.skip("per-block taps are only in the full golden file")
+    taps = golden_model.taps(golden["x"])
+    names = [k for k in taps if "_blk" in k]
+    assert len(names) == 24
+    for name in names:
+        check_tensor(name, taps[name], golden[name], 1e-4)
+
+
+def test_masks_and_index_match_golden(golden):
+    assert np.array_equal(relative_position_index(4).numpy(), golden["rel_pos_index"])
+    assert np.array_equal(shift_mask(8, 12, 4, 2).numpy(), golden["attn_mask_8x12"])
+    for key, (H, W) in (("attn_mask_64x96", (64, 96)), ("b_enc_mask_layer0", (64, 92))):
+        if key in golden:
+            assert np.array_equal(shift_mask(H, W, 4, 2).numpy(), golden[key])
+    assert np.array_equal(SCALE_TABLE, golden["gc_scale_table"])
+
+
+def test_load_export_roundtrip_small():
+    params = recipe_weights(SMALL)
+    model = STFTorch(SMALL).load_params(params)
+    out = model.export_params()
+    assert list(out) == list(params)
+    assert all(out[k].dtype == np.float32 and np.array_equal(out[k], params[k]) for k in params)
+    with pytest.raises(AssertionError):
+        STFTorch(SMALL).load_params({k: v for k, v in params.items() if k != "h_a.0.bias"})
+
+
+def test_training_mode_small():
+    torch.manual_seed(0)
+    model = STFTorch(SMALL).train()
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x)
+    assert out["x_hat"].shape == x.shape
+    assert out["likelihoods"]["y"].shape == (2, SMALL.M, 4, 4)
+    assert out["likelihoods"]["z"].shape == (2, SMALL.N_z, 1, 1)
+    for lik in out["likelihoods"].values():
+        assert torch.all((lik >= 1e-9) & (lik <= 1))
+    bpp = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()) / (2 * 64 * 64)
+    (bpp + torch.mean((out["x_hat"] - x) ** 2)).backward()
+    assert model.patch_embed.proj.weight.grad.abs().sum() > 0  # straight-through rounding lets gradients reach g_a
+    assert model.entropy_bottleneck.quantiles.grad is None or model.entropy_bottleneck.quantiles.grad.abs().sum() == 0
+    model.zero_grad()
+    model.aux_loss().backward()  # the aux loss trains only the quantiles
+    assert model.entropy_bottleneck.quantiles.grad.abs().sum() > 0
+    assert model.entropy_bottleneck._matrix0.grad is None
+
+
+def test_eval_forward_is_deterministic_small():
+    model = STFTorch(SMALL).load_params(recipe_weights(SMALL)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["likelihoods"]["y"], b["likelihoods"]["y"])
+    taps = model.taps(x)
+    assert np.array_equal(taps["x_hat"], a["x_hat"].numpy())
