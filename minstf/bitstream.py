@@ -1,0 +1,224 @@
+"""The .mstf file format, version 1: a small checked header, then the two rANS payloads.
+
+The payloads are exactly upstream's strings (ENTROPY.md §6.5): the z string and the
+y string of all slices, raw and unframed. Everything needed to decode them, and to
+notice when decoding went wrong, is in the header. All integers are little-endian
+(struct); `n` is the length of the model id, `S` the number of y slices.
+
+    offset        size  type      field
+    0             4     bytes     magic b"MSTF"
+    4             1     u8        format version (1)
+    5             1     u8        flags: bit 0 = portable mode (entropy parameters in
+                                  float64); bits 1..7 must be 0
+    6             1     u8        n, length of the model id (1..16)
+    7             n     ASCII     model id, printable ASCII (e.g. "stf")
+    7+n           16    bytes     weights fingerprint: first 16 bytes of the weight
+                                  file's SHA-256
+    23+n          4     u32       original image height h (1..MAX_SIDE)
+    27+n          4     u32       original image width w (1..MAX_SIDE; h*w <= MAX_PIXELS)
+    31+n          8     4 x u16   padding left, top, right, bottom; must equal
+                                  image.eval_padding(h, w, multiple)
+    39+n          2     u16       S, number of y slices (1..64)
+    41+n          4     u32       z payload length in bytes
+    45+n          4     u32       y payload length in bytes
+    49+n          4     u32       CRC32 of the decoded z symbols (`symbols_crc`)
+    53+n          4*S   S x u32   CRC32 of the decoded symbols of y slice 0, 1, ..., S-1
+    53+n+4S       4     u32       CRC32 of the header bytes [0, 53+n+4S)
+    57+n+4S       -     bytes     z payload, then y payload; the file ends exactly there
+
+`unpack` checks, in this order and before anything large is allocated or decoded:
+magic, version, the header's own length, header CRC, flags, model id, image size
+limits, padding, payload lengths against the bytes actually present. Every failure
+is a `CorruptFile` with a one-line message. The symbol CRCs are checked by the
+decoder (`check_symbols`): a decoder whose entropy parameters drifted from the
+encoder's (other machine, other backend) then stops with `DecoderMismatch` instead
+of returning a wrong image. The weights fingerprint is checked with `check_weights`.
+"""
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import to_host
+from .errors import CorruptFile, DecoderMismatch, WrongWeights
+from .image import MAX_PIXELS, MAX_SIDE, eval_padding
+
+MAGIC = b"MSTF"
+FORMAT_VERSION = 1
+FLAG_PORTABLE = 0x01
+KNOWN_FLAGS = FLAG_PORTABLE
+MAX_MODEL_ID = 16
+FINGERPRINT_BYTES = 16
+
+_PREFIX = struct.Struct("<4sBBB")            # magic, version, flags, n        (7 bytes)
+_FIXED = struct.Struct("<16sII4HHII")        # fingerprint .. y length        (34 bytes)
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What `unpack` accepts; anything outside is a damaged or hostile file."""
+    max_side: int = MAX_SIDE        # pixels per side of the original image
+    max_pixels: int = MAX_PIXELS    # h * w
+    max_slices: int = 64
+
+
+@dataclass(frozen=True)
+class Header:
+    model_id: str           # e.g. "stf"
+    fingerprint: bytes      # 16 bytes: first half of the weight file's SHA-256
+    height: int             # original (unpadded) image size
+    width: int
+    padding: tuple          # (left, top, right, bottom), eval_padding(height, width)
+    z_crc: int              # symbols_crc of the z symbols
+    y_crcs: tuple           # symbols_crc of each y slice's symbols
+    portable: bool = False  # flags bit 0
+    version: int = FORMAT_VERSION
+
+    @property
+    def num_slices(self):
+        return len(self.y_crcs)
+
+    @property
+    def padded_size(self):
+        """(Hp, Wp): the size the codec actually saw."""
+        left, top, right, bottom = self.padding
+        return self.height + top + bottom, self.width + left + right
+
+
+def symbols_crc(symbols):
+    """CRC32 of the symbols as int32 little-endian bytes, in C order (any shape, any backend)."""
+    host = np.ascontiguousarray(to_host(symbols)).astype("<i4", copy=False)
+    return zlib.crc32(host.tobytes())
+
+
+def fingerprint_of(sha256):
+    """The 16-byte fingerprint from a SHA-256 given as 64 hex characters or 32 bytes."""
+    digest = bytes.fromhex(sha256) if isinstance(sha256, str) else bytes(sha256)
+    if len(digest) != 32:
+        raise ValueError(f"expected a SHA-256 (32 bytes), got {len(digest)} bytes")
+    return digest[:FINGERPRINT_BYTES]
+
+
+def _short(fingerprint):
+    return fingerprint[:6].hex()
+
+
+# --- writing -------------------------------------------------------------------
+
+def pack(header, z_bytes, y_bytes, multiple=64):
+    """Header + payloads -> the bytes of a .mstf file. Raises ValueError for a header
+    that `unpack` would refuse, so minstf never writes a file it cannot read."""
+    try:
+        _validate(header, Limits(), multiple)
+    except CorruptFile as e:
+        raise ValueError(f"refusing to write an invalid header: {e}") from None
+    model_id = header.model_id.encode("ascii")
+    head = _PREFIX.pack(MAGIC, header.version, FLAG_PORTABLE if header.portable else 0, len(model_id))
+    head += model_id
+    head += _FIXED.pack(bytes(header.fingerprint), header.height, header.width, *header.padding,
+                        header.num_slices, len(z_bytes), len(y_bytes))
+    head += struct.pack(f"<{1 + header.num_slices}I", header.z_crc, *header.y_crcs)
+    head += _U32.pack(zlib.crc32(head))
+    return head + bytes(z_bytes) + bytes(y_bytes)
+
+
+# --- reading -------------------------------------------------------------------
+
+def unpack(data, limits=Limits(), multiple=64):
+    """The bytes of a .mstf file -> (Header, z_bytes, y_bytes), everything validated."""
+    data = bytes(data)
+    got = len(data)
+    if got == 0:
+        raise CorruptFile("empty file (not a .mstf file)")
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):
+            raise CorruptFile(f"truncated: expected at least {_PREFIX.size} bytes, got {got}")
+        raise CorruptFile("not a .mstf file (bad magic)")
+    _need(data, _PREFIX.size)
+    _, version, flags, n = _PREFIX.unpack_from(data, 0)
+    if version > FORMAT_VERSION:
+        raise CorruptFile(f"made by a newer minstf (format version {version}; this one reads {FORMAT_VERSION})")
+    if version != FORMAT_VERSION:
+        raise CorruptFile(f"unknown format version {version}")
+    if not 1 <= n <= MAX_MODEL_ID:
+        raise CorruptFile(f"bad model id length {n} (1..{MAX_MODEL_ID})")
+
+    fixed_at = _PREFIX.size + n
+    _need(data, fixed_at + _FIXED.size)
+    (fingerprint, height, width, left, top, right, bottom,
+     num_slices, z_len, y_len) = _FIXED.unpack_from(data, fixed_at)
+    if not 1 <= num_slices <= limits.max_slices:       # bounds the header length below
+        raise CorruptFile(f"bad number of y slices {num_slices} (1..{limits.max_slices})")
+    crcs_at = fixed_at + _FIXED.size
+    crc_at = crcs_at + 4 * (1 + num_slices)
+    header_len = crc_at + _U32.size
+    _need(data, header_len)
+    (stored,) = _U32.unpack_from(data, crc_at)
+    if zlib.crc32(data[:crc_at]) != stored:
+        raise CorruptFile("header checksum mismatch (the file is damaged)")
+
+    if flags & ~KNOWN_FLAGS:
+        raise CorruptFile(f"unsupported flags 0x{flags:02x}")
+    try:
+        model_id = data[_PREFIX.size:fixed_at].decode("ascii")
+    except UnicodeDecodeError:
+        model_id = "\x00"                                  # fails the printable check below
+    z_crc, *y_crcs = struct.unpack_from(f"<{1 + num_slices}I", data, crcs_at)
+    header = Header(model_id=model_id, fingerprint=fingerprint, height=height, width=width,
+                    padding=(left, top, right, bottom), z_crc=z_crc, y_crcs=tuple(y_crcs),
+                    portable=bool(flags & FLAG_PORTABLE), version=version)
+    _validate(header, limits, multiple)
+
+    total = header_len + z_len + y_len
+    if got < total:
+        raise CorruptFile(f"truncated: expected {total} bytes, got {got}")
+    if got > total:
+        raise CorruptFile(f"trailing garbage: expected {total} bytes, got {got}")
+    return header, data[header_len:header_len + z_len], data[header_len + z_len:]
+
+
+def _need(data, size):
+    if len(data) < size:
+        raise CorruptFile(f"truncated: expected at least {size} bytes, got {len(data)}")
+
+
+def _validate(header, limits, multiple):
+    """The header's own consistency (shared by pack and unpack)."""
+    model_id = header.model_id
+    if not (1 <= len(model_id) <= MAX_MODEL_ID and model_id.isascii() and model_id.isprintable()
+            and " " not in model_id):
+        raise CorruptFile(f"bad model id {model_id!r} (1..{MAX_MODEL_ID} printable ASCII characters)")
+    if len(header.fingerprint) != FINGERPRINT_BYTES:
+        raise CorruptFile(f"bad weights fingerprint length {len(header.fingerprint)}")
+    h, w = header.height, header.width
+    if not (1 <= h <= limits.max_side and 1 <= w <= limits.max_side and h * w <= limits.max_pixels):
+        raise CorruptFile(f"absurd image size {h}x{w} (at most {limits.max_side} per side "
+                          f"and {limits.max_pixels} pixels)")
+    expected = eval_padding(h, w, multiple)
+    if tuple(header.padding) != expected:
+        raise CorruptFile(f"padding {tuple(header.padding)} does not match a {h}x{w} image "
+                          f"(expected {expected})")
+    if not 1 <= header.num_slices <= limits.max_slices:
+        raise CorruptFile(f"bad number of y slices {header.num_slices} (1..{limits.max_slices})")
+    if header.version != FORMAT_VERSION:
+        raise CorruptFile(f"unknown format version {header.version}")
+
+
+# --- checks done while decoding ---------------------------------------------------
+
+def check_weights(header, fingerprint):
+    """Raise WrongWeights unless the file was made with the weights of `fingerprint`."""
+    if bytes(fingerprint)[:FINGERPRINT_BYTES] != header.fingerprint:
+        raise WrongWeights(f"the file was made with weights {_short(header.fingerprint)}…, "
+                           f"but the given weights are {_short(bytes(fingerprint))}…")
+
+
+def check_symbols(symbols, expected_crc, what):
+    """Raise DecoderMismatch when decoded symbols (`what`: "z", "y slice 3") are not the encoder's."""
+    crc = symbols_crc(symbols)
+    if crc != expected_crc:
+        raise DecoderMismatch(f"decoded {what} symbols differ from the encoder's (CRC {crc:08x}, "
+                              f"expected {expected_crc:08x}): encoder and decoder computed different "
+                              f"entropy parameters (portable mode avoids this)")
