@@ -267,7 +267,8 @@ def load_weights(path, verify=True):
                            f"convert a checkpoint with `minstf convert`")
     if meta.get("format_version") != FORMAT_VERSION or meta.get("model") != MODEL:
         raise WeightsError(f"{path}: format version {meta.get('format_version')!r} / model "
-                           f"{meta.get('model')!r} not supported (this minstf reads {FORMAT_VERSION!r} / {MODEL!r})")
+                           f"{meta.get('model')!r} not supported "
+                           f"(this minstf reads {FORMAT_VERSION!r} / {MODEL!r})")
     try:
         config = STFConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, TypeError, ValueError) as e:
@@ -275,6 +276,8 @@ def load_weights(path, verify=True):
     tables = {k: v for k, v in tensors.items() if k in TABLE_BUFFERS}
     params = {k: v for k, v in tensors.items() if k not in TABLE_BUFFERS}
     _check(params, tables, config, str(path))
+    params = {s.key: params[s.key] for s in param_spec(config)}  # upstream order, for printouts
+    tables = {k: tables[k] for k in TABLE_BUFFERS}
     digest = meta.get("fingerprint", "")
     if verify and fingerprint(tensors) != digest:
         raise WeightsError(f"{path}: fingerprint mismatch — the tensors were changed after the file was written")
@@ -393,7 +396,8 @@ def convert(checkpoint_path, out_path, config=None, force=False, name=None):
     elif inferred is not None and inferred != config:
         given, found = config.to_dict(), inferred.to_dict()
         diff = [f"{k}: checkpoint {found[k]}, given {given[k]}" for k in given if given[k] != found[k]]
-        raise WeightsError(f"{checkpoint_path}: checkpoint does not fit the given configuration ({'; '.join(diff)})")
+        raise WeightsError(f"{checkpoint_path}: checkpoint does not fit the given configuration "
+                           f"({'; '.join(diff)})")
     params = state_dict_to_params(state_dict, config)
     prefix = "entropy_bottleneck."
     eb = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
