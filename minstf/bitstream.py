@@ -52,7 +52,7 @@ MAX_MODEL_ID = 16
 FINGERPRINT_BYTES = 16
 
 _PREFIX = struct.Struct("<4sBBB")            # magic, version, flags, n        (7 bytes)
-_FIXED = struct.Struct("<16sII4HHII")        # fingerprint .. y length        (34 bytes)
+_FIXED = struct.Struct("<16sII4HHII")        # fingerprint .. y length       (42 bytes)
 _U32 = struct.Struct("<I")
 
 

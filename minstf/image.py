@@ -66,6 +66,8 @@ def read_image(src, notices=None):
             with Image.open(src) as im:
                 w, h = im.size                                 # declared size, nothing decoded yet
                 check_size(h, w, name)
+                if im.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in im.tile):
+                    said.append(f"{name}: 16-bit colour reduced to 8 bits by Pillow (high byte)")
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     said.append(f"{name}: animated image, using the first of {frames} frames")
@@ -84,7 +86,8 @@ def read_image(src, notices=None):
     except Image.DecompressionBombError:
         raise BadInput(f"{name}: image too large (Pillow's decompression-bomb limit)") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise BadInput(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"{name}: cannot decode image ({reason})") from None
     for line in said:
         if notices is not None:
             notices.append(line)
@@ -131,8 +134,6 @@ def _to_rgb(im, name, said):
         raise BadInput(f"{name}: floating-point images are not supported")
     if mode == "CMYK":
         said.append(f"{name}: CMYK converted to RGB without colour management")
-    if mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in getattr(im, "tile", [])):
-        said.append(f"{name}: 16-bit colour reduced to 8 bits by Pillow (high byte)")
     try:
         rgb = im if mode == "RGB" else im.convert("RGB")
     except ValueError:
