@@ -122,7 +122,7 @@ def _to_rgb(im, name, said):
     if mode in _ALPHA_MODES:
         if im.getchannel(mode[-1]).getextrema()[0] < 255:
             said.append(f"{name}: alpha channel dropped (transparent pixels keep their stored colour)")
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))
     if mode in _16BIT_GRAY:
         v = np.asarray(im).astype(np.int64)                    # (H, W)
         if mode == "I" and (v.min() < 0 or v.max() > 65535):
@@ -138,7 +138,7 @@ def _to_rgb(im, name, said):
         rgb = im if mode == "RGB" else im.convert("RGB")
     except ValueError:
         raise BadInput(f"{name}: unsupported image mode {mode}") from None
-    return np.asarray(rgb)
+    return np.array(rgb)                                       # a writable copy
 
 
 def write_png(image, dst):

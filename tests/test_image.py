@@ -41,7 +41,7 @@ def read(path):
 
 def test_rgb_exact(tmp_path):
     out, notices = read(saved(tmp_path, Image.fromarray(RGB)))
-    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3) and out.flags.writeable
     np.testing.assert_array_equal(out, RGB)
     assert notices == []
 
