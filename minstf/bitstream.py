@@ -1,7 +1,8 @@
 """The .mstf file format, version 1: a small checked header, then the two rANS payloads.
 
-The payloads are exactly upstream's strings (ENTROPY.md §6.5): the z string and the
-y string of all slices, raw and unframed. Everything needed to decode them, and to
+The payloads are the z string and the y string of all slices, as minstf's
+entropy coder (coding.py, constriction's ANS) writes them, raw and unframed.
+Everything needed to decode them, and to
 notice when decoding went wrong, is in the header. All integers are little-endian
 (struct); `n` is the length of the model id, `S` the number of y slices.
 

@@ -1,0 +1,71 @@
+"""Images <-> .mstf files: the evaluation padding, the model, the container.
+
+    encode:  uint8 (H, W, 3) -> float in [0, 1] -> centred zero padding to a multiple of 64
+             -> model.compress -> bitstream.pack(header, z string, y string)
+    decode:  bitstream.unpack -> check model and weights -> model.decompress
+             -> crop the padding -> uint8 (H, W, 3)
+"""
+from dataclasses import dataclass
+
+from . import bitstream
+from .backend import to_device
+from .errors import BadInput, WrongWeights
+from .image import check_size, crop, eval_padding, pad, to_float, to_uint8
+from .model import Compressed
+
+MODEL_ID = "stf"
+
+
+@dataclass
+class EncodeStats:
+    height: int
+    width: int
+    file_bytes: int
+    payload_bytes: int  # z + y strings, as upstream counts them
+
+    @property
+    def bpp(self):
+        return 8 * self.file_bytes / (self.height * self.width)
+
+    @property
+    def payload_bpp(self):
+        return 8 * self.payload_bytes / (self.height * self.width)
+
+
+def encode_image(model, image, portable=False):
+    """uint8 (H, W, 3) -> (bytes of a .mstf file, EncodeStats)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype.name != "uint8":
+        raise BadInput(f"expected an 8-bit RGB image (H, W, 3), got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    check_size(h, w)
+    ltrb = eval_padding(h, w, model.config.pad_multiple)
+    x = pad(to_float(to_device(image, model.xp)), ltrb)  # (1, 3, H, W) -> (1, 3, Hp, Wp)
+    c = model.compress(x, portable=portable)
+    header = bitstream.Header(model_id=MODEL_ID, fingerprint=bitstream.fingerprint_of(model.fingerprint),
+                              height=h, width=w, padding=ltrb, z_crc=c.z_crc, y_crcs=c.slice_crcs,
+                              portable=portable)
+    data = bitstream.pack(header, c.z_string, c.y_string, model.config.pad_multiple)
+    return data, EncodeStats(h, w, len(data), len(c.z_string) + len(c.y_string))
+
+
+def read_header(data, model=None):
+    """Validate a .mstf file (and, given a model, that it was made with its weights)."""
+    multiple = model.config.pad_multiple if model is not None else 64
+    header, z_string, y_string = bitstream.unpack(data, multiple=multiple)
+    if model is not None:
+        if header.model_id != MODEL_ID:
+            raise WrongWeights(f"the file was made by model {header.model_id!r}, not {MODEL_ID!r}")
+        bitstream.check_weights(header, bitstream.fingerprint_of(model.fingerprint))
+        if header.num_slices != model.config.num_slices:  # only with forged fingerprints
+            raise WrongWeights(f"the file has {header.num_slices} slices, the weights {model.config.num_slices}")
+    return header, z_string, y_string
+
+
+def decode_image(model, data):
+    """bytes of a .mstf file -> (uint8 (H, W, 3), Header)."""
+    header, z_string, y_string = read_header(data, model)
+    Hp, Wp = header.padded_size
+    d = model.config.downsampling
+    c = Compressed(z_string, y_string, (Hp // d, Wp // d), header.z_crc, header.y_crcs, header.portable)
+    x_hat = model.decompress(c)  # (1, 3, Hp, Wp) in [0, 1]
+    return to_uint8(crop(x_hat, header.padding)), header

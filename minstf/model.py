@@ -1,0 +1,188 @@
+"""The STF model: weights, CDF tables and the three entry points.
+
+    x ─► g_a ─► y ─► h_a ─► z ─► Q ─► factorized prior (EB) ─► z string
+                │                │
+                │              z_hat ─┬─► h_mean_s ─► latent_means ─┐
+                │                     └─► h_scale_s ─► latent_scales ┤
+                │                                                    ▼
+                └─────────────► slice loop (slices.py): per slice mu, scale ─► Q ─► GC ─► y string
+                                                  │                 (index)
+                                                y_hat ─► g_s ─► x_hat
+
+`forward` estimates the rate from likelihoods (no coding); `compress` and
+`decompress` are mirror images that produce and consume the two strings. Inside,
+maps are channels-last (B, H, W, C); the public methods take and return NCHW.
+
+Portable mode: the entropy-parameter path (h_mean_s, h_scale_s and the slice
+networks) runs in float64, so that the discrete decisions that must agree
+between encoder and decoder (scale indexes, round(y - mu)) do not depend on the
+BLAS library, CPU or GPU that computed them. The analysis and synthesis
+transforms stay float32.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import get_xp, to_device, to_host
+from .bitstream import check_symbols, symbols_crc
+from .coding import CdfTable, SymbolDecoder, SymbolEncoder
+from .config import STFConfig
+from .entropy_models import build_indexes, eb_likelihood, eb_medians, gc_likelihood, quantize_symbols
+from .errors import BadInput, CorruptFile
+from .slices import channel_first_flat, from_channel_first_flat, run_slices, slice_of
+from .transforms import g_a, g_s, h_a, h_mean_s, h_scale_s
+
+ENTROPY_PARAMETER_PREFIXES = ("h_mean_s.", "h_scale_s.", "cc_mean_transforms.",
+                              "cc_scale_transforms.", "lrp_transforms.")
+
+
+@dataclass
+class Compressed:
+    """What compress() produces for one image: the two strings and their check sums."""
+    z_string: bytes
+    y_string: bytes
+    y_shape: tuple  # (H4, W4), the latent size; z is (H4 // 4, W4 // 4)
+    z_crc: int  # CRC32 of the z symbols
+    slice_crcs: tuple  # CRC32 of each y slice's symbols
+    portable: bool
+
+
+def nchw(a):
+    return a.transpose(0, 3, 1, 2)
+
+
+def nhwc(a):
+    return a.transpose(0, 2, 3, 1)
+
+
+class STF:
+    """An STF model on one backend. Build it with `minstf.load_model`."""
+
+    def __init__(self, config: STFConfig, params, tables, backend="numpy", fingerprint="", name=""):
+        self.config, self.fingerprint, self.name = config, fingerprint, name
+        self.xp = xp = get_xp(backend)
+        self.backend = backend
+        self.params = {k: to_device(np.asarray(v, np.float32), xp) for k, v in params.items()}  # once
+        self._params64 = None  # float64 copies of the entropy-parameter path, made on first use
+        self.eb = {k.split(".", 1)[1]: v for k, v in self.params.items() if k.startswith("entropy_bottleneck.")}
+        self.medians = eb_medians(self.eb)  # (C,)
+        t = {k: np.asarray(v) for k, v in tables.items()}
+        self.eb_table = CdfTable(t["entropy_bottleneck._quantized_cdf"], t["entropy_bottleneck._cdf_length"],
+                                 t["entropy_bottleneck._offset"])
+        self.gc_table = CdfTable(t["gaussian_conditional._quantized_cdf"], t["gaussian_conditional._cdf_length"],
+                                 t["gaussian_conditional._offset"])
+
+    # --- helpers ---------------------------------------------------------------
+    def entropy_params(self, portable):
+        """The weights of the entropy-parameter path, in float64 when portable."""
+        if not portable:
+            return self.params
+        if self._params64 is None:
+            self._params64 = {k: (v.astype(self.xp.float64) if k.startswith(ENTROPY_PARAMETER_PREFIXES) else v)
+                              for k, v in self.params.items()}
+        return self._params64
+
+    def _input(self, x):
+        x = to_device(np.asarray(x, np.float32) if isinstance(x, np.ndarray) else x, self.xp)
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise BadInput(f"expected an image batch (B, {self.config.in_chans}, H, W), got shape {tuple(x.shape)}")
+        return nhwc(x)  # (B, 3, H, W) -> (B, H, W, 3)
+
+    def _hyper(self, z_hat, portable):
+        p = self.entropy_params(portable)
+        return h_mean_s(z_hat, p, self.config), h_scale_s(z_hat, p, self.config)
+
+    def _check_codable(self, y):
+        H4, W4 = y.shape[1:3]
+        if H4 % 4 or W4 % 4:
+            m = self.config.pad_multiple
+            raise BadInput(f"compress() needs image sizes whose latent ({H4}x{W4}) is a multiple of 4: "
+                           f"pad the image to a multiple of {m} first (minstf.image.eval_padding)")
+
+    # --- the three entry points ---------------------------------------------------
+    def forward(self, x, taps=None):
+        """Reconstruction and likelihoods without entropy coding (eval mode).
+
+        x: (B, 3, H, W) float32 in [0, 1]. Returns {"x_hat": (B, 3, 16*H4, 16*W4) unclamped,
+        "likelihoods": {"y": (B, M, H4, W4), "z": (B, Cz, h, w)}} as arrays of the backend.
+        """
+        xp, c, p = self.xp, self.config, self.params
+        y = g_a(self._input(x), p, c, taps)  # (B, H4, W4, M)
+        z = h_a(y, p, c)  # (B, h, w, Cz)
+        lik_z = eb_likelihood(z, self.eb)
+        z_hat = xp.rint(z - self.medians) + self.medians
+        latent_means, latent_scales = self._hyper(z_hat, False)
+        lik_y = []
+
+        def quantize(s, mu, scale):
+            y_s = slice_of(y, s, c)
+            lik_y.append(gc_likelihood(y_s, scale, mu))
+            return xp.rint(y_s - mu)
+
+        y_hat = run_slices(latent_means, latent_scales, p, c, quantize, taps)
+        x_hat = g_s(y_hat, p, c, taps)
+        if taps is not None:
+            taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat)
+        return {"x_hat": nchw(x_hat), "likelihoods": {"y": nchw(xp.concatenate(lik_y, axis=-1)), "z": nchw(lik_z)}}
+
+    def compress(self, x, portable=False, taps=None):
+        """Encode one image (1, 3, H, W) whose latent size is a multiple of 4 -> Compressed."""
+        xp, c = self.xp, self.config
+        x = self._input(x)
+        if x.shape[0] != 1:
+            raise BadInput("compress() takes one image at a time")
+        y = g_a(x, self.params, c, taps)  # (1, H4, W4, M)
+        self._check_codable(y)
+        z = h_a(y, self.params, c)  # (1, h, w, Cz)
+        # hyper-latent: factorized prior, CDF row = channel
+        z_symbols = quantize_symbols(z, self.medians)  # (1, h, w, Cz) int32
+        z_flat = to_host(channel_first_flat(z_symbols))
+        z_encoder = SymbolEncoder()
+        z_encoder.add(z_flat, self._z_indexes(z.shape), self.eb_table)
+        dtype = xp.float64 if portable else xp.float32
+        z_hat = z_symbols.astype(dtype) + self.medians.astype(dtype)
+        latent_means, latent_scales = self._hyper(z_hat, portable)
+        # latent: one stream across all slices, CDF row = index(scale)
+        y_encoder, crcs = SymbolEncoder(), []
+
+        def quantize(s, mu, scale):
+            symbols = quantize_symbols(slice_of(y, s, c).astype(dtype), mu)  # (1, H4, W4, S) int32
+            index = build_indexes(scale)
+            flat = to_host(channel_first_flat(symbols))
+            y_encoder.add(flat, to_host(channel_first_flat(index)), self.gc_table)
+            crcs.append(symbols_crc(flat))
+            return symbols
+
+        run_slices(latent_means, latent_scales, self.entropy_params(portable), c, quantize, taps)
+        return Compressed(z_encoder.finish(), y_encoder.finish(), tuple(y.shape[1:3]),
+                          symbols_crc(z_flat), tuple(crcs), portable)
+
+    def decompress(self, compressed: Compressed):
+        """Decode -> x_hat (1, 3, 16*H4, 16*W4) clamped to [0, 1], an array of the backend."""
+        xp, c = self.xp, self.config
+        H4, W4 = compressed.y_shape
+        z_shape = (1, H4 // 4, W4 // 4, c.N_z)
+        z_flat = SymbolDecoder(compressed.z_string).read(self._z_indexes(z_shape), self.eb_table)
+        if symbols_crc(z_flat) != compressed.z_crc:
+            raise CorruptFile("hyper-latent symbols fail their CRC: the file is damaged")
+        dtype = xp.float64 if compressed.portable else xp.float32
+        z_symbols = from_channel_first_flat(to_device(z_flat, xp), z_shape)
+        z_hat = z_symbols.astype(dtype) + self.medians.astype(dtype)
+        latent_means, latent_scales = self._hyper(z_hat, compressed.portable)
+        y_decoder = SymbolDecoder(compressed.y_string)
+
+        def dequantize(s, mu, scale):
+            index = to_host(channel_first_flat(build_indexes(scale)))
+            flat = y_decoder.read(index, self.gc_table)
+            check_symbols(flat, compressed.slice_crcs[s], f"y slice {s}")  # else DecoderMismatch
+            return from_channel_first_flat(to_device(flat, xp), mu.shape)
+
+        y_hat = run_slices(latent_means, latent_scales, self.entropy_params(compressed.portable), c, dequantize)
+        if not y_decoder.at_end():
+            raise CorruptFile("the y payload has data left over after the last slice: the file is damaged")
+        x_hat = g_s(y_hat.astype(xp.float32), self.params, c)
+        return nchw(xp.clip(x_hat, 0, 1))
+
+    def _z_indexes(self, z_shape):
+        B, h, w, C = z_shape
+        return np.broadcast_to(np.arange(C, dtype=np.int32)[None, :, None, None], (B, C, h, w)).reshape(-1)
