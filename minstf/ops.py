@@ -49,7 +49,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, Hp, Wp, Cin)
     _, Hp, Wp, _ = x.shape
     Ho, Wo = (Hp - k) // stride + 1, (Wp - k) // stride + 1
-    w = weight.transpose(2, 3, 1, 0)  # (O, Cin, k, k) -> (k, k, Cin, O)
+    w = xp.ascontiguousarray(weight.transpose(2, 3, 1, 0))  # (O, Cin, k, k) -> (k, k, Cin, O)
     if stride != 1:
         # im2col on strided views: one column block per tap, then one GEMM
         taps = [x[:, dy:dy + stride * (Ho - 1) + 1:stride, dx:dx + stride * (Wo - 1) + 1:stride]

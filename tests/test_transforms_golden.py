@@ -90,6 +90,7 @@ def test_patch_merging_teacher_forced(golden, golden_params, i):
     H, W = stage_sizes(64, 96)[i]
     x = golden[f"enc{i}_blk{CFG.depths[i] - 1}"]
     got, H2, W2 = patch_merging(x, H, W, golden_params, f"layers.{i}.downsample")
+    assert (H2, W2) == stage_sizes(64, 96)[i + 1]
     check(f"enc{i}_merge", got, golden[f"enc{i}_out"])
 
 
@@ -100,9 +101,8 @@ def test_encoder_stage_teacher_forced(golden, golden_params, run, i):
     H, W = stage_sizes(*pe.shape[2:])[i]
     x = tokens(pe) if i == 0 else golden[f"{run}enc{i - 1}_out"]
     last = len(CFG.depths) - 1
-    taps = {}
     got, _, _ = basic_layer(x, H, W, golden_params, f"layers.{i}", CFG.depths[i], CFG.num_heads[i],
-                            CFG.window_size, resample="merge" if i < last else None, taps=taps, tap_name="s")
+                            CFG.window_size, resample="merge" if i < last else None)
     want = golden[f"{run}enc{i}_out"] if (i < last or run) else golden[f"enc{i}_blk{CFG.depths[i] - 1}"]
     check(f"{run}enc{i}_out (stage)", got, want)
 
