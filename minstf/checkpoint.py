@@ -27,6 +27,7 @@ import io
 import pickle
 import pickletools
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -50,30 +51,44 @@ REFUSED_OPCODES = {"EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX",
                    "PERSID", "NEXT_BUFFER", "READONLY_BUFFER"}
 
 
-class StorageType:
-    """Stand-in for torch.FloatStorage & co: only a dtype tag inside a persistent id."""
+class _ReadOnly:
+    """Base of every object the unpickler hands out: a pickle's BUILD opcode sets attributes
+    on the object below it, so these refuse it (no __dict__, no __setattr__) — otherwise a
+    file could move a tensor's checked offset, or retag a shared storage type."""
+    __slots__ = ()
 
-    def __init__(self, name):
-        self.name, self.dtype = name, STORAGE_DTYPES[name]
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise WeightsError(f"checkpoint: refuses to modify a {type(self).__name__}")
+
+
+class StorageType(_ReadOnly):
+    """Stand-in for torch.FloatStorage & co: only a dtype tag inside a persistent id."""
+    __slots__ = ("name", "dtype")
 
     def __repr__(self):
         return f"torch.{self.name}"
 
 
-class Storage:
+class Storage(_ReadOnly):
     """One `<stem>/data/<key>` entry, not yet read."""
     __slots__ = ("key", "dtype", "numel")
 
-    def __init__(self, key, dtype, numel):
-        self.key, self.dtype, self.numel = key, dtype, numel
 
-
-class TensorRef:
+class TensorRef(_ReadOnly):
     """A tensor as the pickle describes it: a strided view into a storage."""
     __slots__ = ("storage", "offset", "shape", "stride")
 
-    def __init__(self, storage, offset, shape, stride):
-        self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
+
+class _Function(_ReadOnly):
+    """An allowlisted callable (a plain function object would accept BUILD's attributes)."""
+    __slots__ = ("func",)
+
+    def __call__(self, *args):
+        return self.func(*args)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_ignored):
@@ -92,7 +107,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_ignored):
                                f"of storage {storage.key!r} with only {storage.numel} elements")
     elif storage_offset > storage.numel:
         raise WeightsError(f"checkpoint: tensor offset beyond storage {storage.key!r}")
-    return TensorRef(storage, storage_offset, size, stride)
+    return TensorRef(storage=storage, offset=storage_offset, shape=size, stride=stride)
 
 
 def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored):
@@ -105,9 +120,9 @@ def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored)
 # Everything a pickled training checkpoint (dicts, numbers, tensors) refers to.
 ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): OrderedDict,  # state dicts; also the empty backward_hooks
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(func=_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _Function(func=_rebuild_parameter),
+    **{("torch", name): StorageType(name=name, dtype=dtype) for name, dtype in STORAGE_DTYPES.items()},
 }
 
 
@@ -131,7 +146,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise WeightsError("checkpoint: malformed storage reference")
         if f"{self._stem}/data/{key}" not in self._zip_names:
             raise WeightsError(f"checkpoint: storage {key!r} is missing from the archive")
-        old = self._storages.setdefault(key, Storage(key, stype.dtype, numel))
+        old = self._storages.setdefault(key, Storage(key=key, dtype=stype.dtype, numel=numel))
         if (old.dtype, old.numel) != (stype.dtype, numel):
             raise WeightsError(f"checkpoint: storage {key!r} is declared twice with different types")
         return old
@@ -156,31 +171,41 @@ class Checkpoint:
             raise WeightsError(f"{self.path}: not a PyTorch zip checkpoint (files from torch < 1.6 or "
                                f"saved with _use_new_zipfile_serialization=False are not supported; "
                                f"re-save them with a current torch.save)")
+        self._cache = {}
         try:
             self._zip = zipfile.ZipFile(self.path)
-            pkls = [i for i in self._zip.infolist() if i.filename.count("/") == 1
-                    and i.filename.endswith("/data.pkl")]
-            if len(pkls) != 1:
-                raise WeightsError(f"{self.path}: a zip file, but not a PyTorch checkpoint (no <name>/data.pkl)")
-            self.stem = pkls[0].filename.split("/")[0]
-            if pkls[0].file_size > MAX_PICKLE_BYTES:
-                raise WeightsError(f"{self.path}: data.pkl is {pkls[0].file_size} bytes, "
-                                   f"more than the {MAX_PICKLE_BYTES} allowed")
-            names = set(self._zip.namelist())
-            order = f"{self.stem}/byteorder"
-            self.byteorder = self._zip.read(order).decode().strip() if order in names else "little"
-            if self.byteorder not in ("little", "big"):
-                raise WeightsError(f"{self.path}: unknown byte order {self.byteorder[:20]!r}")
-            data = self._zip.read(pkls[0])
-            _scan_opcodes(data)
-            self.tree = _RestrictedUnpickler(data, names, self.stem).load()
-        except WeightsError:
-            raise
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+        except (zipfile.BadZipFile, OSError) as e:
             raise WeightsError(f"{self.path}: damaged checkpoint ({e})") from None
-        except Exception as e:  # anything the unpickler trips over in a malformed pickle
-            raise WeightsError(f"{self.path}: malformed checkpoint pickle ({type(e).__name__}: {e})") from None
-        self._cache = {}
+        try:
+            self.tree = self._load_tree()
+        except Exception as e:
+            self._zip.close()
+            if isinstance(e, WeightsError):
+                raise
+            # a damaged archive, or anything the unpickler trips over in a malformed pickle
+            kind = "damaged" if isinstance(e, (zipfile.BadZipFile, OSError, EOFError)) else "malformed"
+            raise WeightsError(f"{self.path}: {kind} checkpoint ({type(e).__name__}: {e})") from None
+
+    def _load_tree(self):
+        pkls = [i for i in self._zip.infolist() if i.filename.count("/") == 1
+                and i.filename.endswith("/data.pkl")]
+        if len(pkls) != 1:
+            raise WeightsError(f"{self.path}: a zip file, but not a PyTorch checkpoint (no <name>/data.pkl)")
+        self.stem = pkls[0].filename.split("/")[0]
+        if pkls[0].file_size > MAX_PICKLE_BYTES:
+            raise WeightsError(f"{self.path}: data.pkl is {pkls[0].file_size} bytes, "
+                               f"more than the {MAX_PICKLE_BYTES} allowed")
+        names = set(self._zip.namelist())
+        order = f"{self.stem}/byteorder"
+        self.byteorder = "little"
+        if order in names:
+            with self._zip.open(order) as f:
+                self.byteorder = f.read(16).decode("ascii", "replace").strip()
+        if self.byteorder not in ("little", "big"):
+            raise WeightsError(f"{self.path}: unknown byte order {self.byteorder!r}")
+        data = self._zip.read(pkls[0])
+        _scan_opcodes(data)
+        return _RestrictedUnpickler(data, names, self.stem).load()
 
     def storage_array(self, storage):
         """The whole storage as a 1-D native-endian array (read once, cached)."""
@@ -191,7 +216,10 @@ class Checkpoint:
                 raise WeightsError(f"{self.path}: storage {storage.key!r} holds {info.file_size} bytes, "
                                    f"the pickle declares {storage.numel} x {itemsize} "
                                    f"(limit {MAX_STORAGE_BYTES})")
-            raw = self._zip.read(info)
+            try:
+                raw = self._zip.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+                raise WeightsError(f"{self.path}: damaged storage {storage.key!r} ({e})") from None
             end = "<" if self.byteorder == "little" else ">"
             if storage.dtype == "bf16":  # bfloat16 = the top 16 bits of a float32
                 arr = (np.frombuffer(raw, end + "u2").astype(np.uint32) << 16).view(np.float32)

@@ -46,6 +46,7 @@ import os
 import re
 import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,14 @@ def write_safetensors(path, tensors, metadata):
             f.write(a.reshape(-1).view(np.uint8))
 
 
+def _no_duplicates(pairs):
+    """json object_pairs_hook: a key given twice would make the file mean two things."""
+    counts = Counter(k for k, _ in pairs)
+    if len(counts) != len(pairs):
+        raise ValueError(f"duplicate keys {_listed(k for k, n in counts.items() if n > 1)}")
+    return dict(pairs)
+
+
 def _parse_header(path, size, f):
     """The validated header: ([(key, dtype, shape, begin, end)], metadata, data start)."""
     head = f.read(8)
@@ -116,7 +125,7 @@ def _parse_header(path, size, f):
         raise WeightsError(f"{path}: declared header length {n} exceeds the file size {size} "
                            f"or the limit {MAX_HEADER_BYTES} (truncated or not a weight file)")
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
+        header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as e:
         raise WeightsError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
@@ -196,9 +205,10 @@ def table_problems(tables, config):
         cdf = tables.get(f"{model}._quantized_cdf")
         if cdf is None:
             continue
-        rows = cdf.shape[0] if rows is None and cdf.ndim == 2 else rows
-        if cdf.ndim != 2 or cdf.shape[0] != rows:
-            problems.append(f"{model}._quantized_cdf has shape {cdf.shape}, expected ({rows}, width)")
+        if cdf.ndim != 2 or cdf.shape[0] != (rows or cdf.shape[0]):
+            problems.append(f"{model}._quantized_cdf has shape {cdf.shape}, expected ({rows or 'rows'}, width)")
+            continue
+        rows = cdf.shape[0]
         for name in ("_offset", "_cdf_length", "scale_table") if model == "gaussian_conditional" \
                 else ("_offset", "_cdf_length"):
             a = tables.get(f"{model}.{name}")

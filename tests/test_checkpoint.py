@@ -251,6 +251,18 @@ def test_out_of_bounds_tensors_are_refused(tmp_path, numel, offset, size, stride
         read_checkpoint(tmp_path / "c.pt")
 
 
+@pytest.mark.parametrize("target", [b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_tensor_v2\n",
+                                    _tensor_pickle(12, 0, (3,), (1,))[3 + 6:-2]])
+def test_build_cannot_modify_stand_ins(tmp_path, target):
+    """BUILD (None, {attr: value}) sets attributes: e.g. a checked tensor's offset, or a shared dtype tag."""
+    attack = target + b"N}(" + _str("dtype") + _str("O") + _str("offset") + _int(10**6) + b"u\x86b."
+    _write_zip(tmp_path / "g.pt", b"\x80\x02" + attack, {"0": bytes(48)})
+    with pytest.raises(WeightsError, match="refuses to modify"):
+        read_checkpoint(tmp_path / "g.pt")
+    _write_zip(tmp_path / "h.pt", _tensor_pickle(12, 0, (3,), (1,)), {"0": bytes(48)})
+    assert read_checkpoint(tmp_path / "h.pt")["t"].dtype == np.float32  # the shared stand-ins are intact
+
+
 def test_missing_storage_and_bad_persistent_id(tmp_path):
     _write_zip(tmp_path / "d.pt", _tensor_pickle(3, 0, (3,), (1,), key="7"), {"0": bytes(12)})
     with pytest.raises(WeightsError, match="missing from the archive"):

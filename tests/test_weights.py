@@ -119,6 +119,7 @@ BAD_FILES = {
     "huge tensor": (_file({"a": T(shape=(2**40, 2**40), offsets=(0, 2**82))}, bytes(8)), "outside"),
     "size mismatch": (_file({"a": T(shape=(3,))}, bytes(8)), "do not hold"),
     "overlap": (_file({"a": T(offsets=(0, 8)), "b": T(offsets=(4, 12))}, bytes(12)), "overlap"),
+    "duplicate keys": (b"\x1e" + bytes(7) + b'{"a": {}, "a": {}}          ' + bytes(8), "duplicate keys a"),
     "metadata not str": (_file({"__metadata__": {"format": 1}}), "strings to strings"),
 }
 
