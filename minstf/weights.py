@@ -196,27 +196,30 @@ def alignment_problems(arrays, expected):
 
 
 def table_problems(tables, config):
-    """Shape and dtype problems of the seven entropy tables (their widths vary)."""
+    """Shape, dtype and range problems of the seven entropy tables (their widths vary)."""
     missing = [k for k in TABLE_BUFFERS if k not in tables]
     unknown = [k for k in tables if k not in TABLE_BUFFERS]
     problems = [f"{len(ks)} {what} tables: {_listed(ks)}"
                 for what, ks in (("missing", missing), ("unknown", unknown)) if ks]
+    problems += [f"{k} has dtype {a.dtype}, expected {TABLE_DTYPES[k]}" for k, a in tables.items()
+                 if k in TABLE_DTYPES and DTYPE_CODES.get(a.dtype.newbyteorder("<")) != TABLE_DTYPES[k]]
+    # one CDF row per z channel, one per scale-table entry; one offset and length per row
     for model, rows in (("entropy_bottleneck", config.N_z), ("gaussian_conditional", None)):
         cdf = tables.get(f"{model}._quantized_cdf")
         if cdf is None:
             continue
         if cdf.ndim != 2 or cdf.shape[0] != (rows or cdf.shape[0]):
-            problems.append(f"{model}._quantized_cdf has shape {cdf.shape}, expected ({rows or 'rows'}, width)")
+            problems.append(f"{model}._quantized_cdf has shape {cdf.shape}, expected ({rows or 'n'}, width)")
             continue
         rows = cdf.shape[0]
-        for name in ("_offset", "_cdf_length", "scale_table") if model == "gaussian_conditional" \
-                else ("_offset", "_cdf_length"):
-            a = tables.get(f"{model}.{name}")
-            if a is not None and a.shape != (rows,):
-                problems.append(f"{model}.{name} has shape {a.shape}, expected ({rows},)")
-    for k, a in tables.items():
-        if k in TABLE_DTYPES and DTYPE_CODES.get(a.dtype.newbyteorder("<")) != TABLE_DTYPES[k]:
-            problems.append(f"{k} has dtype {a.dtype}, expected {TABLE_DTYPES[k]}")
+        for k in TABLE_BUFFERS:
+            if k.startswith(model) and k in tables and k != f"{model}._quantized_cdf" \
+                    and tables[k].shape != (rows,):
+                problems.append(f"{k} has shape {tables[k].shape}, expected ({rows},)")
+        length = tables.get(f"{model}._cdf_length")
+        if length is not None and length.shape == (rows,) and length.size \
+                and not (length.min() >= 3 and length.max() <= cdf.shape[1]):
+            problems.append(f"{model}._cdf_length has values outside 3..{cdf.shape[1]} (the table width)")
     return problems
 
 
@@ -290,7 +293,8 @@ def load_weights(path, verify=True):
     tables = {k: tables[k] for k in TABLE_BUFFERS}
     digest = meta.get("fingerprint", "")
     if verify and fingerprint(tensors) != digest:
-        raise WeightsError(f"{path}: fingerprint mismatch — the tensors were changed after the file was written")
+        raise WeightsError(f"{path}: fingerprint mismatch — the tensors were changed after the file "
+                           f"was written")
     return WeightsFile(config, params, tables, meta, digest)
 
 

@@ -4,7 +4,6 @@ torch writes the reference checkpoints; hand-assembled pickles cover the malform
 `torch_state_dict` and `save_checkpoint` are shared with test_convert_cli.py.
 """
 import collections
-import io
 import os
 import pickle
 import struct
@@ -216,7 +215,8 @@ def _tuple(vals):
 
 def _tensor_pickle(numel, offset, size, stride, storage="FloatStorage", key="0"):
     """{'t': _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())}."""
-    pid = b"(" + _str("storage") + f"ctorch\n{storage}\n".encode() + _str(key) + _str("cpu") + _int(numel) + b"tQ"
+    pid = (b"(" + _str("storage") + f"ctorch\n{storage}\n".encode() + _str(key) + _str("cpu")
+           + _int(numel) + b"tQ")
     call = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + _int(offset) + _tuple(size) + _tuple(stride)
             + b"\x89ccollections\nOrderedDict\n)RtR")
     return b"\x80\x02}" + _str("t") + call + b"s."
@@ -234,7 +234,8 @@ def test_hand_made_strided_view_and_big_endian(tmp_path):
     data = np.arange(12, dtype=np.float32)
     _write_zip(tmp_path / "a.pt", _tensor_pickle(12, 1, (2, 3), (5, 2)), {"0": data.astype("<f4").tobytes()})
     np.testing.assert_array_equal(read_checkpoint(tmp_path / "a.pt")["t"], [[1, 3, 5], [6, 8, 10]])
-    _write_zip(tmp_path / "b.pt", _tensor_pickle(12, 0, (12,), (1,)), {"0": data.astype(">f4").tobytes()}, "big")
+    big_endian = {"0": data.astype(">f4").tobytes()}
+    _write_zip(tmp_path / "b.pt", _tensor_pickle(12, 0, (12,), (1,)), big_endian, "big")
     np.testing.assert_array_equal(read_checkpoint(tmp_path / "b.pt")["t"], data)
 
 

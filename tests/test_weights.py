@@ -179,12 +179,14 @@ def test_table_problems_are_named(tmp_path, small):
     del bad["gaussian_conditional.scale_table"]
     bad["entropy_bottleneck._offset"] = bad["entropy_bottleneck._offset"][:3]
     bad["entropy_bottleneck._cdf_length"] = bad["entropy_bottleneck._cdf_length"].astype(np.int64)
+    bad["gaussian_conditional._cdf_length"] = bad["gaussian_conditional._cdf_length"] + 1
     with pytest.raises(WeightsError) as err:
         save_weights(tmp_path / "t.safetensors", params, bad, SMALL)
     msg = str(err.value)
     assert "missing tables: gaussian_conditional.scale_table" in msg
     assert "entropy_bottleneck._offset has shape (3,), expected (64,)" in msg
     assert "entropy_bottleneck._cdf_length has dtype int64, expected I32" in msg
+    assert "gaussian_conditional._cdf_length has values outside 3..3133" in msg
 
 
 def test_wrong_format_version_and_config(tmp_path, small):
