@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 0: a tour of STF
+# # Lesson 0 — A tour of STF
 #
 # STF (Zou, Song, Zhang, *The Devil Is in the Details: Window-based Attention for Image
 # Compression*, CVPR 2022) is a learned image codec. It follows the recipe of *transform
@@ -35,9 +35,14 @@
 
 # %%
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -50,10 +55,13 @@ FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")  # a folder: also save every 
 
 
 def show(fig, name):
-    """Display a figure (inline in Jupyter, a window or nothing in a script); save it if asked."""
+    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
+    if "ipykernel" in sys.modules:
+        plt.show()
+        return
     if FIGURES:
-        fig.savefig(Path(FIGURES) / f"00_{name}.png", dpi=80)
-    plt.show()
+        os.makedirs(FIGURES, exist_ok=True)
+        fig.savefig(os.path.join(FIGURES, f"00_{name}.png"), dpi=80)
     plt.close(fig)
 
 

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 1: the weights
+# # Lesson 1 — The weights
 #
 # A trained network is a dictionary of named arrays. minstf keeps upstream PyTorch's names and
 # layouts unchanged, so any array can be compared with a printout of the PyTorch model:
@@ -30,9 +30,13 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections import defaultdict
-from pathlib import Path
 
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -46,10 +50,13 @@ FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")  # a folder: also save every 
 
 
 def show(fig, name):
-    """Display a figure (inline in Jupyter, a window or nothing in a script); save it if asked."""
+    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
+    if "ipykernel" in sys.modules:
+        plt.show()
+        return
     if FIGURES:
-        fig.savefig(Path(FIGURES) / f"01_{name}.png", dpi=80)
-    plt.show()
+        os.makedirs(FIGURES, exist_ok=True)
+        fig.savefig(os.path.join(FIGURES, f"01_{name}.png"), dpi=80)
     plt.close(fig)
 
 
