@@ -276,7 +276,8 @@ def weights_options(command):
             click.option("-q", "--quality", type=click.IntRange(min(QUALITIES), max(QUALITIES)),
                          help=f"Shipped weights of this quality, {QUALITIES[0]} (low rate) .. "
                               f"{QUALITIES[-1]} (high rate)."),
-            click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True))):
+            click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True,
+                         help="Where the network runs (cupy: a CUDA GPU)."))):
         command = option(command)
     return command
 
@@ -456,5 +457,5 @@ def convert(checkpoint, out, force, name):
                f"fingerprint {w.fingerprint[:16]}", err=True)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m minstf.cli, as the tests run it without installing
+    main(prog_name="minstf")
