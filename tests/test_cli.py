@@ -20,7 +20,7 @@ from minstf.codec import decode_image, encode_image
 from minstf.errors import BadInput, CorruptFile, DecoderMismatch, OutputExists, WeightsError, WrongWeights
 from minstf.zoo import load_model
 
-from test_codec import HEADER_BYTES, model, sample_image, small_weights  # noqa: F401 (fixtures)
+from test_codec import HEADER_BYTES, sample_image, small_weights  # noqa: F401 (a fixture)
 from test_image import png_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,6 +120,9 @@ def test_file_made_with_other_weights(tmp_path, mstf, shipped, monkeypatch):
     r = run("decode", mstf[0], "-o", tmp_path / "x.png")
     assert_error(r, WrongWeights.exit_code, "none of the shipped ones (q1 ")
     assert "not a shipped one" in run("info", mstf[0]).stdout
+    (other / "stf-small-q2.safetensors").write_bytes(b"broken")
+    assert run("info", mstf[0]).exit_code == 0                 # info needs no weights
+    assert_error(run("decode", mstf[0], "-o", tmp_path / "x.png"), WeightsError.exit_code, "stf-small-q2")
     monkeypatch.setenv("MINSTF_WEIGHTS_DIR", str(tmp_path / "empty"))
     assert_error(run("decode", mstf[0], "-o", tmp_path / "x.png"), WeightsError.exit_code, "no shipped weights")
     assert_error(run("encode", png_file(tmp_path / "i.png"), "-o", tmp_path / "x.mstf"), WeightsError.exit_code,
@@ -139,19 +142,24 @@ def test_stdin_and_stdout(tmp_path, mstf):
     assert_error(run("decode", "-", "-o", "-", input=b""), CorruptFile.exit_code, "<stdin>: empty file")
 
 
-def test_never_binary_to_a_terminal(tmp_path, mstf):
-    """The real entry point (python -m minstf.cli) with a pseudo-terminal as stdout."""
+def _on_a_terminal(args, stream):
+    """Run the real entry point (python -m minstf.cli) with a pseudo-terminal as stdin or stdout."""
     leader, follower = pty.openpty()
     try:
-        r = subprocess.run([sys.executable, "-m", "minstf.cli", "decode", str(mstf[0]), "-o", "-"],
-                           stdout=follower, stderr=subprocess.PIPE, cwd=REPO, timeout=60,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+        return subprocess.run([sys.executable, "-m", "minstf.cli", *map(str, args)], **{stream: follower},
+                              stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
     finally:
         os.close(follower)
         os.close(leader)
+
+
+def test_never_binary_to_or_from_a_terminal(tmp_path, mstf):
+    r = _on_a_terminal(["decode", mstf[0], "-o", "-"], "stdout")
     assert r.returncode == BadInput.exit_code
-    assert r.stderr.decode() == ("minstf: error: refusing to write binary data to a terminal: "
-                                 "use -o FILE, or redirect stdout\n")
+    assert r.stderr == "minstf: error: refusing to write binary data to a terminal: use -o FILE, or redirect stdout\n"
+    r = _on_a_terminal(["encode", "-", "-o", tmp_path / "x.mstf"], "stdin")
+    assert r.returncode == BadInput.exit_code and r.stderr.startswith("minstf: error: refusing to read binary")
 
 
 def test_output_devices_are_written_directly(mstf):
