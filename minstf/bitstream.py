@@ -24,16 +24,18 @@ notice when decoding went wrong, is in the header. All integers are little-endia
     45+n          4     u32       y payload length in bytes
     49+n          4     u32       CRC32 of the decoded z symbols (`symbols_crc`)
     53+n          4*S   S x u32   CRC32 of the decoded symbols of y slice 0, 1, ..., S-1
-    53+n+4S       4     u32       CRC32 of the header bytes [0, 53+n+4S)
-    57+n+4S       -     bytes     z payload, then y payload; the file ends exactly there
+    53+n+4S       4     u32       CRC32 of the payload bytes (z payload, then y payload)
+    57+n+4S       4     u32       CRC32 of the header bytes [0, 57+n+4S)
+    61+n+4S       -     bytes     z payload, then y payload; the file ends exactly there
 
 `unpack` checks, in this order and before anything large is allocated or decoded:
 magic, version, the header's own length, header CRC, flags, model id, image size
-limits, padding, payload lengths against the bytes actually present. Every failure
-is a `CorruptFile` with a one-line message. The symbol CRCs are checked by the
-decoder (`check_symbols`): a decoder whose entropy parameters drifted from the
-encoder's (other machine, other backend) then stops with `DecoderMismatch` instead
-of returning a wrong image. The weights fingerprint is checked with `check_weights`.
+limits, padding, payload lengths against the bytes actually present, payload CRC.
+Every failure is a `CorruptFile` with a one-line message. So a damaged file is
+reported as damaged, and the symbol CRCs, checked by the decoder
+(`check_symbols`), catch what is left: a decoder whose entropy parameters drifted
+from the encoder's (other machine, other backend) stops with `DecoderMismatch`
+instead of returning a wrong image. The weights fingerprint is checked with `check_weights`.
 """
 import struct
 import zlib
@@ -121,6 +123,7 @@ def pack(header, z_bytes, y_bytes, multiple=64):
     head += _FIXED.pack(bytes(header.fingerprint), header.height, header.width, *header.padding,
                         header.num_slices, len(z_bytes), len(y_bytes))
     head += struct.pack(f"<{1 + header.num_slices}I", header.z_crc, *header.y_crcs)
+    head += _U32.pack(zlib.crc32(bytes(y_bytes), zlib.crc32(bytes(z_bytes))))  # payload CRC
     head += _U32.pack(zlib.crc32(head))
     return head + bytes(z_bytes) + bytes(y_bytes)
 
@@ -153,7 +156,8 @@ def unpack(data, limits=Limits(), multiple=64):
     if not 1 <= num_slices <= limits.max_slices:       # bounds the header length below
         raise CorruptFile(f"bad number of y slices {num_slices} (1..{limits.max_slices})")
     crcs_at = fixed_at + _FIXED.size
-    crc_at = crcs_at + 4 * (1 + num_slices)
+    payload_crc_at = crcs_at + 4 * (1 + num_slices)
+    crc_at = payload_crc_at + _U32.size
     header_len = crc_at + _U32.size
     _need(data, header_len)
     (stored,) = _U32.unpack_from(data, crc_at)
@@ -177,6 +181,9 @@ def unpack(data, limits=Limits(), multiple=64):
         raise CorruptFile(f"truncated: expected {total} bytes, got {got}")
     if got > total:
         raise CorruptFile(f"trailing garbage: expected {total} bytes, got {got}")
+    (payload_crc,) = _U32.unpack_from(data, payload_crc_at)
+    if zlib.crc32(data[header_len:]) != payload_crc:
+        raise CorruptFile("payload checksum mismatch (the file is damaged)")
     return header, data[header_len:header_len + z_len], data[header_len + z_len:]
 
 
@@ -221,5 +228,6 @@ def check_symbols(symbols, expected_crc, what):
     crc = symbols_crc(symbols)
     if crc != expected_crc:
         raise DecoderMismatch(f"decoded {what} symbols differ from the encoder's (CRC {crc:08x}, "
-                              f"expected {expected_crc:08x}): encoder and decoder computed different "
-                              f"entropy parameters (portable mode avoids this)")
+                              f"expected {expected_crc:08x}): this machine or backend computed other "
+                              f"entropy parameters than the encoder's (files encoded with --portable "
+                              f"avoid this)")

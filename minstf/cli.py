@@ -34,7 +34,7 @@ from .bitstream import MAGIC, fingerprint_of, unpack
 from .codec import decode_image, encode_image, read_header
 from .errors import BadInput, MinstfError, OutputExists, WeightsError, WrongWeights
 from .image import ms_ssim, psnr_uint8, read_image, to_float, write_png
-from .weights import _parse_header
+from .weights import read_metadata
 from .zoo import DEFAULT_QUALITY, QUALITIES, default_weights, load_model, weights_dir
 
 SAMPLE = Path(__file__).parent / "data" / "sample.png"
@@ -206,11 +206,7 @@ def _png_bytes(image):
 def _claimed_fingerprint(path):
     """The 16-byte fingerprint a weight file's metadata claims, from its header alone
     (load_model then verifies it against the tensors)."""
-    try:
-        with open(path, "rb") as f:
-            _, meta, _ = _parse_header(str(path), os.fstat(f.fileno()).st_size, f)
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
+    meta = read_metadata(path)
     try:
         return fingerprint_of(meta.get("fingerprint", ""))
     except ValueError:

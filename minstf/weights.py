@@ -158,6 +158,15 @@ def _parse_header(path, size, f):
     return entries, metadata, 8 + n
 
 
+def read_metadata(path):
+    """The `__metadata__` of a safetensors file, from its validated header alone (cheap)."""
+    try:
+        with open(path, "rb") as f:
+            return _parse_header(str(path), os.fstat(f.fileno()).st_size, f)[1]
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def read_safetensors(path):
     """({key: array}, metadata) of any safetensors file with F32/I32/I64 tensors."""
     path = str(path)
@@ -265,6 +274,9 @@ def save_weights(path, params, tables, config, metadata=None, force=False):
     os.close(fd)
     try:
         write_safetensors(tmp, tensors, meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; weights are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -68,9 +68,10 @@ def test_layout_matches_docstring():
     assert struct.unpack_from("<II4HHII", FILE, 23 + n) == (121, 183, 4, 3, 5, 4, S, len(Z), len(Y))
     assert struct.unpack_from("<I", FILE, 49 + n)[0] == 0x01234567
     assert struct.unpack_from(f"<{S}I", FILE, 53 + n) == tuple(range(100, 112))
-    crc_at = 53 + n + 4 * S
+    assert struct.unpack_from("<I", FILE, 53 + n + 4 * S)[0] == zlib.crc32(Z + Y)
+    crc_at = 57 + n + 4 * S
     assert struct.unpack_from("<I", FILE, crc_at)[0] == zlib.crc32(FILE[:crc_at])
-    assert HEADER_LEN == 57 + n + 4 * S and FILE[HEADER_LEN:] == Z + Y
+    assert HEADER_LEN == 61 + n + 4 * S and FILE[HEADER_LEN:] == Z + Y
 
 
 def test_symbols_crc_is_crc32_of_int32_le():
@@ -187,6 +188,13 @@ def test_payload_lengths():
                       len(Y) - 1)
     assert unpack(swapped)[1:] == (Z + Y[:1], Y[1:])   # lengths only split the bytes; the CRCs of
     # the decoded symbols catch this at decode time
+
+
+def test_payload_crc():
+    for at in (HEADER_LEN, HEADER_LEN + len(Z), len(FILE) - 1):   # z, y, last byte
+        damaged = bytearray(FILE)
+        damaged[at] ^= 0x10
+        expect_corrupt(bytes(damaged), "payload checksum")
 
 
 # --- damage anywhere is detected ----------------------------------------------------

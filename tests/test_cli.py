@@ -327,15 +327,14 @@ def test_damaged_files(tmp_path, mstf, case):
 
 @pytest.mark.parametrize("where", [0.0, 0.3, 0.7, 1.0])
 def test_payload_bit_flips(tmp_path, mstf, where):
-    """No payload checksum in format 1: damage shows as undecodable data (CorruptFile) or as
-    symbols that fail their CRC (DecoderMismatch), never as a wrong image."""
+    """Payload damage is caught by the payload checksum before any decoding: CorruptFile."""
     data = mstf[0].read_bytes()
     offset = HEADER_BYTES + round(where * (len(data) - HEADER_BYTES - 1))
     bad = tmp_path / "bad.mstf"
     bad.write_bytes(_flip(data, offset, 5))
     r = run("decode", bad, "-o", tmp_path / "out.png")
-    assert r.exit_code in (CorruptFile.exit_code, DecoderMismatch.exit_code)
-    assert_error(r, r.exit_code, f"{bad}: ")
+    assert_error(r, CorruptFile.exit_code, f"{bad}: ")
+    assert "payload checksum" in r.stderr
 
 
 def test_cupy_backend_unavailable(tmp_path, mstf):

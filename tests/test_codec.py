@@ -30,7 +30,7 @@ from minstf.zoo import load_model
 
 SMALL = STFConfig(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), num_slices=4,
                   max_support_slices=2, slice_hidden=(64, 48, 40, 32))
-HEADER_BYTES = 57 + len("stf") + 4 * SMALL.num_slices   # bitstream.py's table
+HEADER_BYTES = 61 + len("stf") + 4 * SMALL.num_slices   # bitstream.py's table
 
 
 def sample_image(h, w, seed=0):

@@ -101,7 +101,7 @@ def test_cli_convert(tmp_path, small, checkpoint):
 
     r = _run("convert", checkpoint, out)  # refuses to overwrite
     assert r.exit_code == OutputExists.exit_code
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "--force" in r.stderr
+    assert r.stderr.startswith("minstf: error: ") and r.stderr.count("\n") == 1 and "--force" in r.stderr
     assert _run("convert", checkpoint, out, "--force").exit_code == 0
 
 
@@ -115,7 +115,7 @@ def test_cli_convert_bad_inputs(tmp_path, checkpoint):
                        (evil, "refuses to load posix.system")):
         r = _run("convert", bad, tmp_path / "out.safetensors")
         assert r.exit_code == WeightsError.exit_code
-        assert r.stderr.startswith("error: ") and words in r.stderr
+        assert r.stderr.startswith("minstf: error: ") and words in r.stderr
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
         assert not (tmp_path / "out.safetensors").exists()
     assert not (tmp_path / "pwned").exists()
