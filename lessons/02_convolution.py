@@ -390,7 +390,8 @@ print("by hand == minstf.transforms.h_mean_s")
 #    (1, 64, 96, 64) map with 64 output channels (`time.perf_counter`, best of several runs).
 #    Then extend `conv2d_flat` to stride 2 by computing all rows and keeping every second one:
 #    how much work is wasted, and why does minstf use im2col for stride 2 instead?
-# 2. Show that a convolution with kernel size = stride = 2 (PatchEmbed) is a `linear` on
-#    non-overlapping 2×2 patches: reshape the image into patches and compare with `conv2d`.
+# 2. Derive from the output-size formula why a 3×3 convolution with stride 2 and padding 1
+#    (in $h_a$) gives $\lceil H/2 \rceil$, and show that a 1×1 convolution is `minstf.ops.linear`
+#    on the channels.
 # 3. A sub-pixel convolution can be written as a transposed convolution with a 6×6 kernel and
 #    stride 2 (`torch.nn.functional.conv_transpose2d`). Build that kernel from `h_mean_s.2.0`.
