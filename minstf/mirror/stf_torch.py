@@ -177,7 +177,8 @@ class SwinBlock(nn.Module):
         ws, s = self.ws, self.shift
         h = self.norm1(x).view(B, H, W, C)
         Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-        h = F.pad(h, (0, 0, 0, Wp - W, 0, Hp - H))  # zero padding AFTER LayerNorm1
+        if Hp > H or Wp > W:
+            h = F.pad(h, (0, 0, 0, Wp - W, 0, Hp - H))  # zero padding AFTER LayerNorm1
         if s:
             h = torch.roll(h, (-s, -s), (1, 2))
         h = self.attn(window_partition(h, ws), mask if s else None)  # (B*nW, N, C)
