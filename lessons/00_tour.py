@@ -35,8 +35,10 @@
 
 # %%
 import os
+import struct
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -166,17 +168,22 @@ print(f"z_crc       {header.z_crc:08x}")
 print("y_crcs      " + " ".join(f"{c:08x}" for c in header.y_crcs))
 
 # %% [markdown]
-# The header length follows from the table: $57 + n + 4S$ bytes for a model id of $n$ characters
-# and $S$ slices. Every byte of the file is accounted for:
+# The header length follows from the table: $61 + n + 4S$ bytes for a model id of $n$ characters
+# and $S$ slices. Every byte of the file is accounted for. The last two fields of the header,
+# read by hand with `struct`, are the CRC32 of the payloads and the CRC32 of the header itself:
 
 # %%
 n, S = len(header.model_id), header.num_slices
-header_bytes = 57 + n + 4 * S
+header_bytes = 61 + n + 4 * S
 print(f"header {header_bytes} B + z {len(z_bytes)} B + y {len(y_bytes)} B = {len(data)} B")
 assert header_bytes + len(z_bytes) + len(y_bytes) == len(data)
-assert data[:4] == b"MSTF" and data[-len(y_bytes):] == y_bytes
+assert data[:4] == b"MSTF" and data[header_bytes:] == z_bytes + y_bytes
 assert header.fingerprint == bytes.fromhex(model.fingerprint)[:16]
-print("first bytes:", data[:16].hex(" "))
+payload_crc, header_crc = struct.unpack_from("<II", data, header_bytes - 8)
+assert payload_crc == zlib.crc32(z_bytes + y_bytes)
+assert header_crc == zlib.crc32(data[:header_bytes - 4])
+print("first bytes:", data[:16].hex(" "), "…")
+print(f"payload CRC {payload_crc:08x}, header CRC {header_crc:08x}")
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 2.2), layout="constrained")
@@ -192,20 +199,22 @@ fig.legend(loc="outside lower center", ncol=3, frameon=False)
 show(fig, "file_layout")
 
 # %% [markdown]
-# The CRCs are checksums of the decoded *symbols*: a decoder that computes slightly different
+# Three kinds of check guard a decode. The header and payload CRCs catch a damaged file. The
+# fingerprint ties the file to the exact weights that made it. The symbol CRCs (`z_crc`,
+# `y_crcs`) are checksums of the decoded *symbols*: a decoder that computes slightly different
 # entropy parameters than the encoder (another CPU, a GPU) would silently decode garbage; the
-# CRC turns that into an error. The fingerprint ties the file to the exact weights that made it.
-# A damaged header is refused:
+# symbol CRC turns that into an error. A damaged header or payload is refused:
 
 # %%
-broken = bytearray(data)
-broken[10] ^= 0xFF  # flip one bit pattern inside the fingerprint
-try:
-    bitstream.unpack(bytes(broken))
-except minstf.errors.CorruptFile as e:
-    print("CorruptFile:", e)
-else:
-    raise AssertionError("a damaged header was accepted")
+for where, offset in (("header (fingerprint)", 10), ("y payload", len(data) - 100)):
+    broken = bytearray(data)
+    broken[offset] ^= 0xFF  # flip the bits of one byte
+    try:
+        bitstream.unpack(bytes(broken))
+    except minstf.errors.CorruptFile as e:
+        print(f"damaged {where}: CorruptFile: {e}")
+    else:
+        raise AssertionError(f"a damaged {where} was accepted")
 
 # %% [markdown]
 # ## Summary
@@ -213,7 +222,7 @@ else:
 # * STF is transform coding: $g_a$ (analysis), rounding, entropy coding with a hyperprior and
 #   channel-wise slices, $g_s$ (synthesis). Rate is bits per pixel, distortion PSNR / MS-SSIM.
 # * `minstf.encode_image` / `decode_image` are the whole codec; a `.mstf` file is a
-#   $57 + n + 4S$-byte header (sizes, padding, weight fingerprint, CRCs) plus the z and y strings.
+#   $61 + n + 4S$-byte header (sizes, padding, weight fingerprint, CRCs) plus the z and y strings.
 # * `model.forward` estimates the rate from likelihoods; the real coder lands close to it.
 #
 # Next: lesson 1 (the weights: every key, shape and parameter count, and the file format),
