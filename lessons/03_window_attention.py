@@ -288,10 +288,11 @@ for h in range(shown):
                            extent=(-3.5, 3.5, 3.5, -3.5))
     axes[0, h].set_title(f"head {h}: bias by offset")
     fig.colorbar(im, ax=axes[0, h], fraction=0.046)
-    axes[1, h].imshow(attn[middle, h], cmap="magma", vmin=0)
+    im = axes[1, h].imshow(attn[middle, h], cmap="magma", vmin=0, vmax=attn[middle, :shown].max())
     axes[1, h].set_title(f"head {h}: attention, window {middle}")
     axes[1, h].set_xlabel("key m")
     axes[1, h].set_ylabel("query n")
+fig.colorbar(im, ax=axes[1, shown - 1], fraction=0.046, label="weight (rows sum to 1)")
 show(fig, "heads")
 
 # %% [markdown]
