@@ -13,8 +13,8 @@
 # %% [markdown]
 # # Lesson 2 — Convolution as matrix products, and pixel shuffle
 #
-# Half of STF is convolutions: the PatchEmbed, the hyperprior networks $h_a$, $h_{\mu}$,
-# $h_{\sigma}$, the 36 slice networks and the end of $g_s$. PyTorch's `Conv2d` is a
+# Most of STF's parameters are convolution kernels: the hyperprior networks $h_a$, $h_{\mu}$,
+# $h_{\sigma}$, the 36 slice networks, the PatchEmbed and the end of $g_s$ (lesson 1). PyTorch's `Conv2d` is a
 # *cross-correlation*: with the input zero-padded by $p$ on every side, stride $s$, a kernel
 # $w$ of shape `(O, Cin, k, k)` and channels-last maps `(B, H, W, C)`,
 #
