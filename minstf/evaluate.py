@@ -1,0 +1,303 @@
+"""Rate-distortion evaluation: minstf and Pillow's JPEG, WebP and AVIF on a folder of images.
+
+    evaluate_minstf(model, paths)       per image: encode_image -> decode_image, and forward()
+    evaluate_pillow(codec, q, paths)    per image: Pillow encodes to bytes in memory, decodes
+    summarize(name, description, ...)   CompressAI's JSON layout: means over the images per rate
+                                        point, plus the per-image numbers
+    bd_rate, bd_psnr                    Bjontegaard deltas (VCEG-M33 cubic fit, or piecewise cubic)
+    format_table, bd_report, plot_rd    what `minstf eval` prints and draws
+
+What each number is (per image; a rate point reports the arithmetic mean over the images,
+as CompressAI's eval_model does, STF.md §7):
+
+    bpp             8 * bytes of the whole file / (h * w): the .mstf file with its header,
+                    or the JPEG/WebP/AVIF file as Pillow writes it
+    payload-bpp     minstf: the z and y strings only, upstream's bpp (STF.md §7)
+    estimated-bpp   minstf: sum of -log2(likelihoods) of y and z from forward() on the
+                    padded image, over the ORIGINAL h * w
+    psnr-rgb        the headline PSNR: 8-bit RGB original vs the 8-bit decoded image (PNG)
+    psnr-float      minstf: upstream's PSNR, on the float reconstruction in [0, 1] before
+                    rounding to 8 bits. decode_image returns 8 bits only, so this takes
+                    clip(forward().x_hat): in float32 mode forward() runs the decoder's
+                    operations on the same symbols, so it is the decoder's float image
+                    whenever `forward-matches-decoded` (its 8-bit rounding equals the decode)
+    ms-ssim-rgb     MS-SSIM of the 8-bit images as floats / 255 (image.ms_ssim)
+    encoding_time,  wall seconds of encode_image / decode_image (file in, pixels out), or of
+    decoding_time   Pillow's save / open + convert("RGB"); no warm-up, one process
+
+A minstf decode is checked exactly by the decoder itself: every slice's symbols against
+the encoder's CRC (a mismatch raises DecoderMismatch and stops the run).
+"""
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, features
+
+from .backend import to_device, to_host
+from .codec import decode_image, encode_image
+from .errors import BadInput, MinstfError
+from .image import crop, eval_padding, ms_ssim, pad, psnr, psnr_uint8, read_image, to_float, to_uint8
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+METRICS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "payload-bpp", "estimated-bpp", "psnr-float",
+           "encoding_time", "decoding_time")
+
+# Pillow codecs: format, quality range, save options besides quality (Pillow's defaults, spelt out)
+PILLOW_CODECS = {
+    "jpeg": ("JPEG", (1, 100), {"subsampling": "4:2:0"}),       # baseline, standard Huffman tables
+    "webp": ("WEBP", (0, 100), {"method": 4}),                  # lossy WebP is always 4:2:0
+    "avif": ("AVIF", (0, 100), {"speed": 6, "subsampling": "4:2:0"}),
+}
+PILLOW_NAMES = {"jpeg": "JPEG", "webp": "WebP", "avif": "AVIF"}
+PILLOW_LIBRARIES = {"jpeg": "jpg", "webp": "webp", "avif": "avif"}   # names for PIL.features
+
+
+def image_paths(folder, limit=None):
+    """The PNG and JPEG files of a folder, sorted by name; the first `limit` of them."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise BadInput(f"{folder}: no PNG or JPEG images in this folder")
+    return paths[:limit] if limit else paths
+
+
+def _quality_metrics(image, decoded):
+    """PSNR and MS-SSIM of two uint8 (H, W, 3) images."""
+    return {"psnr-rgb": psnr_uint8(image, decoded), "ms-ssim-rgb": ms_ssim(to_float(image), to_float(decoded))}
+
+
+# --- minstf -------------------------------------------------------------------------------
+
+def _forward(model, image):
+    """(estimated bpp, clipped float reconstruction (1, 3, H, W) on the host): forward() on the
+    image padded as encode_image pads it."""
+    h, w = image.shape[:2]
+    xp, ltrb = model.xp, eval_padding(h, w, model.config.pad_multiple)
+    out = model.forward(pad(to_float(to_device(image, xp)), ltrb))      # (1, 3, Hp, Wp)
+    bits = sum(float(-xp.log2(lik.astype(xp.float64)).sum()) for lik in out["likelihoods"].values())
+    return bits / (h * w), to_host(xp.clip(crop(out["x_hat"], ltrb), 0, 1))  # -> (1, 3, H, W)
+
+
+def evaluate_minstf(model, paths, progress=None):
+    """Encode and decode every image with one model: [per-image dict] (module docstring).
+
+    progress: called with each path when its image is done.
+    """
+    rows = []
+    for path in paths:
+        image = read_image(path)
+        h, w = image.shape[:2]
+        t0 = time.perf_counter()
+        data, stats = encode_image(model, image)
+        t1 = time.perf_counter()
+        decoded, _ = decode_image(model, data)      # DecoderMismatch unless every CRC holds
+        t2 = time.perf_counter()
+        estimated, x_hat = _forward(model, image)
+        rows.append({"image": Path(path).name, "bpp": stats.bpp, "payload-bpp": stats.payload_bpp,
+                     "estimated-bpp": estimated, **_quality_metrics(image, decoded),
+                     "psnr-float": psnr(to_float(image), x_hat),
+                     "forward-matches-decoded": bool(np.array_equal(to_uint8(x_hat), decoded)),
+                     "encoding_time": t1 - t0, "decoding_time": t2 - t1})
+        if progress:
+            progress(path)
+    return rows
+
+
+MINSTF_DESCRIPTION = (
+    "minstf (STF in NumPy/CuPy), float32 mode. bpp: whole .mstf files (header included); "
+    "payload-bpp: z + y strings (upstream's bpp); estimated-bpp: forward() likelihoods on the "
+    "padded image over the original h*w. psnr-rgb: 8-bit RGB of the decoded PNG (headline); "
+    "psnr-float: upstream's float PSNR, of clip(forward().x_hat). MS-SSIM on 8-bit images / 255. "
+    "Every decode CRC-checked. Means over the images.")
+
+
+# --- Pillow baselines ---------------------------------------------------------------------
+
+def check_quality(codec, quality):
+    """Raise BadInput unless Pillow can use this codec at this quality."""
+    if codec not in PILLOW_CODECS:
+        raise BadInput(f"unknown baseline {codec!r}: one of {', '.join(PILLOW_CODECS)}")
+    lo, hi = PILLOW_CODECS[codec][1]
+    if not lo <= quality <= hi:
+        raise BadInput(f"{PILLOW_NAMES[codec]} quality must be in {lo}..{hi}, got {quality}")
+    if not features.check(PILLOW_LIBRARIES[codec]):
+        raise BadInput(f"this Pillow has no {PILLOW_NAMES[codec]} support")
+
+
+def evaluate_pillow(codec, quality, paths, progress=None):
+    """Encode every image with Pillow at one quality, in memory: [per-image dict]."""
+    check_quality(codec, quality)
+    fmt, _, options = PILLOW_CODECS[codec]
+    rows = []
+    for path in paths:
+        image = read_image(path)
+        h, w = image.shape[:2]
+        buf = io.BytesIO()
+        t0 = time.perf_counter()
+        Image.fromarray(image, "RGB").save(buf, format=fmt, quality=quality, **options)
+        t1 = time.perf_counter()
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            decoded = np.array(im.convert("RGB"))
+        t2 = time.perf_counter()
+        rows.append({"image": Path(path).name, "bpp": 8 * buf.tell() / (h * w),
+                     **_quality_metrics(image, decoded), "encoding_time": t1 - t0, "decoding_time": t2 - t1})
+        if progress:
+            progress(path)
+    return rows
+
+
+def pillow_description(codec):
+    fmt, _, options = PILLOW_CODECS[codec]
+    settings = ", ".join(f"{k}={v}" for k, v in options.items())
+    extra = {"jpeg": "not optimized, not progressive",
+             "webp": "lossy (4:2:0)",
+             "avif": "codec auto (aom), range full, max_threads = CPU count"}[codec]
+    return (f"{PILLOW_NAMES[codec]} with Pillow {Image.__version__} ({PILLOW_LIBRARIES[codec]} "
+            f"{features.version(PILLOW_LIBRARIES[codec])}), encoded in memory: quality=q, {settings}, "
+            f"{extra}; Pillow's defaults. bpp: whole files; PSNR on 8-bit RGB; MS-SSIM on 8-bit "
+            f"images / 255. Means over the images.")
+
+
+# --- results ------------------------------------------------------------------------------
+
+def summarize(name, description, points, point_key="quality"):
+    """[(rate-point label, per-image rows)] -> CompressAI's layout: {"name", "description",
+    "results": {metric: [mean over the images, one per point]}, "per_image": [...]}."""
+    keys = [k for k in METRICS if k in points[0][1][0]]
+    results = {point_key: [label for label, _ in points]}
+    results.update({k: [float(np.mean([row[k] for row in rows])) for _, rows in points] for k in keys})
+    return {"name": name, "description": description, "results": results,
+            "per_image": [{point_key: label, "images": rows} for label, rows in points]}
+
+
+def format_table(results):
+    """One line per codec and rate point: bpp, PSNR, MS-SSIM, times."""
+    lines = [f"{'codec':<8}{'point':>7}{'bpp':>9}{'payload':>9}{'est.':>9}{'PSNR dB':>9}{'MS-SSIM':>9}"
+             f"{'enc s':>8}{'dec s':>8}"]
+    for res in results:
+        r, key = res["results"], next(iter(res["results"]))
+        for i, label in enumerate(r[key]):
+            cell = {k: (r[k][i] if k in r else None) for k in METRICS}
+            opt = [f"{cell[k]:9.4f}" if cell[k] is not None else f"{'-':>9}" for k in ("payload-bpp", "estimated-bpp")]
+            lines.append(f"{res['name']:<8}{str(label):>7}{cell['bpp']:9.4f}{opt[0]}{opt[1]}{cell['psnr-rgb']:9.2f}"
+                         f"{cell['ms-ssim-rgb']:9.4f}{cell['encoding_time']:8.3f}{cell['decoding_time']:8.3f}")
+    return "\n".join(lines)
+
+
+# --- Bjontegaard deltas -------------------------------------------------------------------
+
+def overlap(a, b):
+    """(lo, hi) of the common range of two sets of values, or None when they do not overlap."""
+    lo, hi = max(np.min(a), np.min(b)), min(np.max(a), np.max(b))
+    return (float(lo), float(hi)) if hi > lo else None
+
+
+def _integral(x, y, lo, hi, method):
+    """Integral over [lo, hi] of a curve y(x) through the points: a least-squares cubic
+    (VCEG-M33) or the piecewise cubic Hermite interpolant (PCHIP, through every point)."""
+    if method == "cubic":
+        if len(x) < 4:
+            raise ValueError(f"a cubic fit needs at least 4 rate points, got {len(x)}")
+        p = np.polyint(np.polyfit(x, y, 3))
+        return np.polyval(p, hi) - np.polyval(p, lo)
+    if method == "pchip":
+        from scipy.interpolate import PchipInterpolator
+        order = np.argsort(x)
+        x, y = x[order], y[order]
+        if len(x) < 2 or np.any(np.diff(x) <= 0):
+            raise ValueError("piecewise cubic needs at least 2 rate points with distinct values")
+        return float(PchipInterpolator(x, y).integrate(lo, hi))
+    raise ValueError(f"method must be 'cubic' or 'pchip', got {method!r}")
+
+
+def _curves(rate_ref, psnr_ref, rate_test, psnr_test):
+    arrays = [np.asarray(a, np.float64) for a in (rate_ref, psnr_ref, rate_test, psnr_test)]
+    if arrays[0].shape != arrays[1].shape or arrays[2].shape != arrays[3].shape:
+        raise ValueError("each curve needs as many rates as PSNRs")
+    if not all(np.all(np.isfinite(a)) for a in arrays) or np.any(arrays[0] <= 0) or np.any(arrays[2] <= 0):
+        raise ValueError("rates must be positive and PSNRs finite")
+    return arrays
+
+
+def bd_rate(rate_ref, psnr_ref, rate_test, psnr_test, method="cubic"):
+    """Bjontegaard delta rate in percent (VCEG-M33): the mean difference of log-rate at equal
+    PSNR, over the overlapping PSNR range, as a rate ratio. Negative: test needs fewer bits.
+    log-rate is fitted as a function of PSNR (method "cubic" or "pchip")."""
+    r0, p0, r1, p1 = _curves(rate_ref, psnr_ref, rate_test, psnr_test)
+    span = overlap(p0, p1)
+    if span is None:
+        raise ValueError("the PSNR ranges do not overlap")
+    lo, hi = span
+    diff = (_integral(p1, np.log(r1), lo, hi, method) - _integral(p0, np.log(r0), lo, hi, method)) / (hi - lo)
+    return float((np.exp(diff) - 1) * 100)
+
+
+def bd_psnr(rate_ref, psnr_ref, rate_test, psnr_test, method="cubic"):
+    """Bjontegaard delta PSNR in dB: the mean PSNR difference at equal rate over the
+    overlapping log-rate range. Positive: test is better."""
+    r0, p0, r1, p1 = _curves(rate_ref, psnr_ref, rate_test, psnr_test)
+    span = overlap(np.log(r0), np.log(r1))
+    if span is None:
+        raise ValueError("the rate ranges do not overlap")
+    lo, hi = span
+    return float((_integral(np.log(r1), p1, lo, hi, method) - _integral(np.log(r0), p0, lo, hi, method)) / (hi - lo))
+
+
+BASELINE_ORDER = ("avif", "webp", "jpeg")    # newest first: each is compared with those after it
+
+
+def bd_report(results):
+    """BD-rate and BD-PSNR of every result against every later one (bpp of whole files vs
+    psnr-rgb), one line each. Cubic (VCEG-M33) when both curves have 4 points or more, else
+    piecewise cubic; ranges that overlap on less than half the narrower curve are flagged."""
+    lines = ["BD-rate of whole-file bpp vs PSNR-RGB, computed over the overlapping PSNR range "
+             "(negative: fewer bits for the same PSNR):"]
+    for i, test in enumerate(results):
+        for ref in results[i + 1:]:
+            label = f"  {test['name']} vs {ref['name']}"
+            rr, pr = ref["results"]["bpp"], ref["results"]["psnr-rgb"]
+            rt, pt = test["results"]["bpp"], test["results"]["psnr-rgb"]
+            method = "cubic" if min(len(rr), len(rt)) >= 4 else "pchip"
+            try:
+                rate, dpsnr = bd_rate(rr, pr, rt, pt, method), bd_psnr(rr, pr, rt, pt, method)
+            except ValueError as err:
+                lines.append(f"{label:<20} not computable: {err}")
+                continue
+            lo, hi = overlap(pr, pt)
+            narrower = min(np.ptp(pr), np.ptp(pt))
+            note = "; the ranges barely overlap" if hi - lo < max(1.0, 0.5 * narrower) else ""
+            lines.append(f"{label:<20}{rate:+7.1f} %   BD-PSNR {dpsnr:+.2f} dB   "
+                         f"(PSNR {lo:.1f}-{hi:.1f} dB, {method}{note})")
+    return "\n".join(lines)
+
+
+def check_plotting():
+    """Raise MinstfError unless matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MinstfError("the R-D plot needs matplotlib: pip install matplotlib "
+                          "(or pip install 'minstf[eval]'), or pass --no-plot") from None
+
+
+def plot_rd(results, path, title=None):
+    """R-D plot (PNG): whole-file bpp vs PSNR-RGB, one line per codec, a marker per rate point.
+    `path` is a file name or a binary file object."""
+    check_plotting()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5), dpi=120)
+    FigureCanvasAgg(fig)                    # no pyplot: no global state, no display needed
+    ax = fig.add_subplot()
+    for res in results:
+        ax.plot(res["results"]["bpp"], res["results"]["psnr-rgb"], marker="o", label=res["name"])
+    ax.set_xlabel("bits per pixel (whole file)")
+    ax.set_ylabel("PSNR-RGB (dB, 8-bit)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
