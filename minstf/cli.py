@@ -437,6 +437,89 @@ def demo(src, weights, quality, backend, portable, keep, force, verbose, quiet):
     click.echo(f"files    {'kept in ' + str(folder) if keep else 'none kept (use --keep DIR)'}")
 
 
+def _int_list(ctx, param, value):
+    """'1,2,3' -> [1, 2, 3]; 'none' -> []; not given -> None."""
+    if value is None or value.strip().lower() == "none":
+        return None if value is None else []
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers or 'none', got {value!r}") from None
+
+
+@main.command("eval")
+@click.argument("folder", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", default="minstf-eval", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for <codec>.json and rd.png (made if missing).")
+@click.option("--qualities", callback=_int_list, help="Shipped weights to evaluate: 1,2,3 (default) or none.")
+@click.option("--weights", "-w", multiple=True, type=click.Path(dir_okay=False),
+              help="Evaluate this weight file (repeat for more) instead of the shipped ones.")
+@click.option("--baselines", default="jpeg,webp,avif", show_default=True, help="Pillow codecs, or none.")
+@click.option("--jpeg-qualities", default="10,20,30,45,60,75,85,90", show_default=True, callback=_int_list)
+@click.option("--webp-qualities", default="0,5,15,30,50,70,80,90", show_default=True, callback=_int_list)
+@click.option("--avif-qualities", default="10,20,30,40,50,60,70,80", show_default=True, callback=_int_list)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images (sorted by name).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True,
+              help="Where the network runs (cupy: a CUDA GPU).")
+@click.option("--no-plot", is_flag=True, help="Skip rd.png (and matplotlib).")
+@output_options
+@reports_errors
+def eval_(folder, out_dir, qualities, weights, baselines, jpeg_qualities, webp_qualities, avif_qualities,
+          limit, backend, no_plot, force, verbose, quiet):
+    """Rate-distortion evaluation of minstf and Pillow's JPEG, WebP, AVIF on the images of DIR:
+    a table and BD-rates on stdout, CompressAI-style <codec>.json and rd.png in --out."""
+    import json
+
+    from . import evaluate as ev
+
+    _verbosity(verbose, quiet)
+    if weights and qualities is not None:
+        raise click.UsageError("give --weights or --qualities, not both")
+    runs = [(Path(w).stem, Path(w)) for w in weights] or \
+        [(q, default_weights(q)) for q in (QUALITIES if qualities is None else qualities)]
+    points = {"jpeg": jpeg_qualities, "webp": webp_qualities, "avif": avif_qualities}
+    codecs = [] if baselines.strip().lower() == "none" else [c.strip().lower() for c in baselines.split(",")]
+    for codec in codecs:
+        for q in points.get(codec, [None]):
+            ev.check_quality(codec, q)
+    codecs = sorted((c for c in codecs if points[c]), key=ev.BASELINE_ORDER.index)
+    if not runs and not codecs:
+        raise click.UsageError("nothing to evaluate")
+    paths = ev.image_paths(folder, limit)
+    out, names = Path(out_dir), (["minstf.json"] if runs else []) + [f"{c}.json" for c in codecs]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names + ([] if no_plot else ["rd.png"]):
+        _check_output(str(out / name), force)
+    if not no_plot:
+        ev.check_plotting()
+    results, total = [], len(paths) * (len(runs) + sum(len(points[c]) for c in codecs))
+    with click.progressbar(length=total, label="evaluating", file=sys.stderr,
+                           hidden=quiet or not sys.stderr.isatty()) as bar:
+        if runs:
+            done, used = [], []
+            for label, path in runs:
+                model = _load(path, backend, verbose)
+                done.append((label, ev.evaluate_minstf(model, paths, lambda _: bar.update(1))))
+                used.append(f"{label}: {path.name} ({model.fingerprint[:12]})")
+            results.append(ev.summarize("minstf", f"{ev.MINSTF_DESCRIPTION} Weights {'; '.join(used)}. "
+                                                  f"Backend {backend}.", done))
+            drift = sum(not row["forward-matches-decoded"] for _, rows in done for row in rows)
+            if drift and not quiet:
+                _say(f"note: {drift} decoded images differ from forward()'s: their psnr-float is forward()'s")
+        for codec in codecs:
+            done = [(q, ev.evaluate_pillow(codec, q, paths, lambda _: bar.update(1))) for q in points[codec]]
+            results.append(ev.summarize(ev.PILLOW_NAMES[codec], ev.pillow_description(codec), done))
+    click.echo(f"{folder}: {len(paths)} images\n{ev.format_table(results)}\n\n{ev.bd_report(results)}")
+    for res, name in zip(results, names):
+        write_output(str(out / name), (json.dumps(res, indent=2) + "\n").encode(), force)
+    if not no_plot:
+        buf = io.BytesIO()
+        ev.plot_rd(results, buf, title=f"{Path(folder).resolve().name}: {len(paths)} images")
+        write_output(str(out / "rd.png"), buf.getvalue(), force)
+    if not quiet:
+        _say(f"wrote {', '.join(names + ([] if no_plot else ['rd.png']))} to {out}")
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
