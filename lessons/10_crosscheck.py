@@ -205,8 +205,8 @@ if torch is not None:
         print(f"{what:14s}: {int(np.sum(a != b))} of {a.size} differ")
     flipped = y_sym32 != sym_t  # (1, H4, W4, M)
     for e in (tuple(int(i) for i in e) for e in np.argwhere(flipped)[:5]):
-        print(f"  y element {e}: minstf y - mu = {taps32['y'][e] - taps32['mu'][e]!r} -> {int(y_sym32[e])}, "
-              f"torch y - mu = {tt['y'].transpose(0, 2, 3, 1)[e] - tt['mu'].transpose(0, 2, 3, 1)[e]!r} -> "
+        print(f"  y element {e}: minstf y - mu = {taps32['y'][e] - taps32['mu'][e]} -> {int(y_sym32[e])}, "
+              f"torch y - mu = {tt['y'].transpose(0, 2, 3, 1)[e] - tt['mu'].transpose(0, 2, 3, 1)[e]} -> "
               f"{int(sym_t[e])}")
     near_half = np.abs((taps32["y"] - taps32["mu"]) % 1.0 - 0.5)  # distance from a rounding boundary
     s = np.maximum(taps32["scale"], np.float32(0.11)).astype(np.float64)
