@@ -262,7 +262,8 @@ def bd_report(results):
             try:
                 rate, dpsnr = bd_rate(rr, pr, rt, pt, method), bd_psnr(rr, pr, rt, pt, method)
             except ValueError as err:
-                lines.append(f"{label:<20} not computable: {err}")
+                lines.append(f"{label:<20} not computable: {err} ({test['name']} {min(pt):.1f}-{max(pt):.1f} "
+                             f"dB, {ref['name']} {min(pr):.1f}-{max(pr):.1f} dB)")
                 continue
             lo, hi = overlap(pr, pt)
             narrower = min(np.ptp(pr), np.ptp(pt))

@@ -1,0 +1,150 @@
+"""Rate-distortion evaluation (evaluate.py, `minstf eval`): BD-rate on hand-computed curves,
+the Pillow baselines on tiny images, and the command on two small images with the small
+random-weight model of test_codec.py (its numbers mean nothing; the layout does)."""
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, features
+
+from minstf.cli import main
+from minstf.errors import BadInput, MinstfError
+from minstf.evaluate import bd_psnr, bd_rate, evaluate_pillow, image_paths, plot_rd
+
+from test_codec import sample_image, small_weights  # noqa: F401 (a fixture)
+
+RATE = np.array([0.1, 0.25, 0.5, 1.0, 2.0])
+PSNR = 30 + 4 * np.log(RATE)       # PSNR linear in ln(rate): every fit reproduces it exactly
+METHODS = ("cubic", "pchip")
+HAVE_MATPLOTLIB = True
+try:
+    import matplotlib  # noqa: F401
+except ImportError:
+    HAVE_MATPLOTLIB = False
+
+
+# --- Bjontegaard deltas -------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bd_rate_of_a_curve_with_10_percent_fewer_bits(method):
+    assert bd_rate(RATE, PSNR, 0.9 * RATE, PSNR, method) == pytest.approx(-10.0, abs=1e-9)
+    assert bd_rate(0.9 * RATE, PSNR, RATE, PSNR, method) == pytest.approx(100 / 0.9 - 100, abs=1e-9)
+    assert bd_rate(RATE, PSNR, RATE, PSNR, method) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bd_rate_and_psnr_of_a_curve_1_db_higher(method):
+    # PSNR = 30 + 4 ln R: 1 dB more at equal rate is ln R lower by 1/4 at equal PSNR,
+    # i.e. a rate ratio of exp(-1/4) (-22.12 %), over the overlap 31..(30 + 4 ln 2) dB
+    assert bd_rate(RATE, PSNR, RATE, PSNR + 1, method) == pytest.approx(100 * (np.exp(-0.25) - 1), abs=1e-9)
+    assert bd_psnr(RATE, PSNR, RATE, PSNR + 1, method) == pytest.approx(1.0, abs=1e-9)
+    assert bd_psnr(RATE, PSNR, 0.9 * RATE, PSNR, method) == pytest.approx(-4 * np.log(0.9), abs=1e-9)
+
+
+def test_bd_rate_refuses_what_it_cannot_compute():
+    with pytest.raises(ValueError, match="do not overlap"):
+        bd_rate(RATE, PSNR, RATE, PSNR + 20)
+    with pytest.raises(ValueError, match="at least 4"):
+        bd_rate(RATE[:3], PSNR[:3], RATE, PSNR)
+    assert bd_rate(RATE[:3], PSNR[:3], 0.9 * RATE, PSNR, "pchip") == pytest.approx(-10.0, abs=1e-9)
+    with pytest.raises(ValueError, match="positive"):
+        bd_rate(-RATE, PSNR, RATE, PSNR)
+
+
+# --- Pillow baselines ---------------------------------------------------------------------
+
+@pytest.fixture
+def folder(tmp_path):
+    for name, (h, w, seed) in {"b.png": (48, 40, 2), "a.png": (32, 56, 1)}.items():
+        Image.fromarray(sample_image(h, w, seed)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+@pytest.mark.parametrize("codec, fmt", [("jpeg", "JPEG"), ("webp", "WEBP"), ("avif", "AVIF")])
+def test_evaluate_pillow(folder, codec, fmt):
+    if not features.check(codec if codec != "jpeg" else "jpg"):
+        pytest.skip(f"this Pillow has no {fmt}")
+    paths = image_paths(folder)
+    assert [p.name for p in paths] == ["a.png", "b.png"]
+    rows = evaluate_pillow(codec, 50, paths)
+    assert [r["image"] for r in rows] == ["a.png", "b.png"]
+    buf = io.BytesIO()
+    Image.open(paths[0]).save(buf, format=fmt, quality=50, **({"subsampling": "4:2:0"} if fmt != "WEBP" else {}))
+    assert rows[0]["bpp"] == 8 * len(buf.getvalue()) / (32 * 56)
+    for r in rows:
+        assert 10 < r["psnr-rgb"] < 60 and 0 < r["ms-ssim-rgb"] <= 1
+        assert r["encoding_time"] >= 0 and r["decoding_time"] >= 0
+    with pytest.raises(BadInput, match="quality"):
+        evaluate_pillow(codec, 101, paths)
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib -> ImportError
+    with pytest.raises(MinstfError, match="pip install matplotlib"):
+        plot_rd([], io.BytesIO())
+
+
+# --- the command ---------------------------------------------------------------------------
+
+def run(*args):
+    return CliRunner().invoke(main, ["eval", *map(str, args)])
+
+
+def test_eval_command(folder, tmp_path_factory, small_weights, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MINSTF_WEIGHTS_DIR", str(small_weights))
+    out = tmp_path_factory.mktemp("eval-out")
+    plot = [] if HAVE_MATPLOTLIB else ["--no-plot"]
+    args = [folder, "--out", out, "--qualities", "2", "--baselines", "webp,jpeg",
+            "--jpeg-qualities", "20,50,80", "--webp-qualities", "20,50,80", *plot]
+    r = run(*args)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "minstf vs JPEG     not computable" in r.stdout       # one rate point is no curve
+    assert "WebP vs JPEG" in r.stdout
+    assert "overlapping PSNR range" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["minstf.json", "jpeg.json", "webp.json"] + (["rd.png"] if HAVE_MATPLOTLIB else []))
+    if HAVE_MATPLOTLIB:
+        assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    res = json.loads((out / "minstf.json").read_text())
+    assert res["name"] == "minstf" and "psnr-float" in res["description"]
+    results = res["results"]
+    assert results["quality"] == [2]
+    for key in ("psnr-rgb", "ms-ssim-rgb", "bpp", "payload-bpp", "estimated-bpp", "psnr-float",
+                "encoding_time", "decoding_time"):
+        assert len(results[key]) == 1, key
+    for point, mean_bpp in zip(res["per_image"], results["bpp"]):
+        rows = point["images"]
+        assert [row["image"] for row in rows] == ["a.png", "b.png"]
+        assert mean_bpp == pytest.approx(np.mean([row["bpp"] for row in rows]))
+        for row in rows:
+            assert row["bpp"] > row["payload-bpp"] > 0           # the header counts in the file
+            assert row["estimated-bpp"] == pytest.approx(row["payload-bpp"], rel=0.15)
+            assert row["forward-matches-decoded"]                  # float32 mode: same operations
+            assert row["psnr-float"] == pytest.approx(row["psnr-rgb"], abs=0.5)
+
+    jpeg = json.loads((out / "jpeg.json").read_text())
+    assert jpeg["name"] == "JPEG" and "4:2:0" in jpeg["description"]
+    assert jpeg["results"]["quality"] == [20, 50, 80]
+    assert set(jpeg["results"]) == {"quality", "psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time"}
+    assert len(jpeg["per_image"]) == 3
+
+    r = run(*args)                                                 # outputs exist: refused before any work
+    assert r.exit_code == 8 and "--force" in r.stderr
+
+
+def test_eval_usage_errors(folder, small_weights, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setenv("MINSTF_WEIGHTS_DIR", str(small_weights))
+    r = run(folder, "--out", tmp_path / "o", "--qualities", "1", "--weights", small_weights / "stf-small-q1.safetensors")
+    assert r.exit_code == 2 and "not both" in r.stderr
+    r = run(folder, "--out", tmp_path / "o", "--qualities", "none", "--baselines", "gif")
+    assert r.exit_code == 3 and "unknown baseline" in r.stderr
+    r = run(folder, "--out", tmp_path / "o", "--qualities", "x")
+    assert r.exit_code == 2
+    (tmp_path / "empty").mkdir()
+    r = run(tmp_path / "empty", "--out", tmp_path / "o", "--qualities", "none", "--baselines", "jpeg")
+    assert r.exit_code == 3 and "no PNG or JPEG images" in r.stderr
