@@ -493,8 +493,8 @@ def eval_(folder, out_dir, qualities, weights, baselines, jpeg_qualities, webp_q
     if not no_plot:
         ev.check_plotting()
     results, total = [], len(paths) * (len(runs) + sum(len(points[c]) for c in codecs))
-    with click.progressbar(length=total, label="evaluating", file=sys.stderr,
-                           hidden=quiet or not sys.stderr.isatty()) as bar:
+    shown = not quiet and sys.stderr.isatty()             # (click 8.1 has no hidden=)
+    with click.progressbar(length=total, label="evaluating", file=sys.stderr if shown else io.StringIO()) as bar:
         if runs:
             done, used = [], []
             for label, path in runs:
