@@ -1,6 +1,7 @@
 """Rate-distortion evaluation (evaluate.py, `minstf eval`): BD-rate on hand-computed curves,
 the Pillow baselines on tiny images, and the command on two small images with the small
 random-weight model of test_codec.py (its numbers mean nothing; the layout does)."""
+import importlib.util
 import io
 import json
 import sys
@@ -19,11 +20,7 @@ from test_codec import sample_image, small_weights  # noqa: F401 (a fixture)
 RATE = np.array([0.1, 0.25, 0.5, 1.0, 2.0])
 PSNR = 30 + 4 * np.log(RATE)       # PSNR linear in ln(rate): every fit reproduces it exactly
 METHODS = ("cubic", "pchip")
-HAVE_MATPLOTLIB = True
-try:
-    import matplotlib  # noqa: F401
-except ImportError:
-    HAVE_MATPLOTLIB = False
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
 # --- Bjontegaard deltas -------------------------------------------------------------------
@@ -139,7 +136,8 @@ def test_eval_command(folder, tmp_path_factory, small_weights, monkeypatch):  # 
 
 def test_eval_usage_errors(folder, small_weights, monkeypatch, tmp_path):  # noqa: F811
     monkeypatch.setenv("MINSTF_WEIGHTS_DIR", str(small_weights))
-    r = run(folder, "--out", tmp_path / "o", "--qualities", "1", "--weights", small_weights / "stf-small-q1.safetensors")
+    q1 = small_weights / "stf-small-q1.safetensors"
+    r = run(folder, "--out", tmp_path / "o", "--qualities", "1", "--weights", q1)
     assert r.exit_code == 2 and "not both" in r.stderr
     r = run(folder, "--out", tmp_path / "o", "--qualities", "none", "--baselines", "gif")
     assert r.exit_code == 3 and "unknown baseline" in r.stderr
