@@ -45,7 +45,7 @@ from scipy.special import ndtr  # the standard normal CDF, float64
 
 import minstf
 from minstf import entropy_models as em
-from minstf.coding import CHUNK_BITS, CdfTable, SymbolDecoder, SymbolEncoder
+from minstf.coding import CHUNK_BITS, SymbolDecoder, SymbolEncoder
 from minstf.image import read_image, to_float
 from minstf.slices import channel_first_flat, slice_of
 
