@@ -539,5 +539,43 @@ def convert(checkpoint, out, force, name):
                f"fingerprint {w.fingerprint[:16]}", err=True)
 
 
+@main.command("crosscheck")
+@click.argument("src", metavar="IMAGE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="A minstf weight file (default: shipped q2).")
+@click.option("-q", "--quality", type=click.IntRange(min(QUALITIES), max(QUALITIES)), help="Shipped weights.")
+@click.option("--synthetic", type=click.Choice(["full", "small"]),
+              help="Synthetic recipe weights (minstf.synthetic) of the full-size STF or the small configuration.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="With --synthetic: 0 is the golden recipe, other seeds perturb it.")
+@click.option("--pad", "pad_to_eval", is_flag=True,
+              help="Zero-pad to a multiple of 64 as the evaluation does (needed unless the size already fits).")
+@reports_errors
+def crosscheck_(src, weights, quality, synthetic, seed, pad_to_eval):
+    """Compare minstf with the PyTorch mirror stage by stage on IMAGE (needs torch); exit code 1 if any
+    stage or decision is NOT OK. Table, decisions and bpp on stdout (minstf/crosscheck.py)."""
+    from . import crosscheck as xc
+    from .weights import load_weights
+
+    xc.require_torch()
+    if sum(map(bool, (weights, quality, synthetic))) > 1 or (seed and not synthetic):
+        raise click.UsageError("give at most one of --weights, -q/--quality, --synthetic; --seed only with --synthetic")
+    image = _read_image(src, False)
+    if synthetic:
+        from .mirror.configs import CONFIGS
+        config, tables, what = CONFIGS[synthetic], None, f"synthetic {synthetic}, seed {seed}"
+        params = xc.synthetic_params(config, seed)
+    else:
+        path = _weights_path(weights, quality)
+        w = load_weights(path)
+        config, params, tables, what = w.config, w.params, w.tables, f"{path} ({w.fingerprint[:12]}…)"
+    with _naming(_name(src, "stdin")):
+        result, ltrb = xc.crosscheck_image(image, params, config, tables, pad_to_eval)
+    h, w_ = image.shape[:2]
+    click.echo(f"image    {_name(src, 'stdin')}, {w_}x{h}" + (f", padded to {result.shape[3]}x{result.shape[2]} "
+               f"(left, top, right, bottom: {', '.join(map(str, ltrb))})" if any(ltrb) else ""))
+    click.echo(f"weights  {what}")
+    click.echo(xc.format_report(result))
+    sys.exit(0 if result.ok else 1)
+
 if __name__ == "__main__":  # python -m minstf.cli, as the tests run it without installing
     main(prog_name="minstf")
