@@ -113,8 +113,8 @@ print("stage by stage == model.forward taps")
 # %%
 ch = int(np.argmax(y.std(axis=(0, 1, 2))))  # the busiest channel of y
 fig, ax = plt.subplots(1, 3, figsize=(11, 2.8))
-for a, (title, m) in zip(ax, [(f"y, channel {ch}", y), ("latent_means", latent_means),
-                              ("latent_scales", latent_scales)]):
+for a, (title, m) in zip(ax, [(f"y, channel {ch}", y), (f"latent_means, channel {ch}", latent_means),
+                              (f"latent_scales, channel {ch}", latent_scales)]):
     im = a.imshow(m[0, :y.shape[1], :y.shape[2], ch], cmap="coolwarm" if "scale" not in title else "viridis")
     a.set_title(title)
     a.axis("off")

@@ -108,7 +108,8 @@ for q, n, bpp, pay, est, p in rd:
     print(f"{q:7d}  {n:10d}  {bpp:11.4f}  {pay:13.4f}  {est:14.4f}  {p:8.2f}")
 
 fig, ax = plt.subplots(figsize=(5, 3.2))
-ax.plot([r[3] for r in rd], [r[5] for r in rd], "o-")
+by_rate = sorted(rd, key=lambda r: r[3])
+ax.plot([r[3] for r in by_rate], [r[5] for r in by_rate], "o-")
 for q, n, bpp, pay, est, p in rd:
     ax.annotate(f"q{q}", (pay, p), textcoords="offset points", xytext=(4, -10))
 ax.set(xlabel="bpp (payload)", ylabel="PSNR (dB)", title="minstf STF-small on the sample photo")
