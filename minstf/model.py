@@ -28,7 +28,7 @@ from .bitstream import check_symbols, symbols_crc
 from .coding import CdfTable, SymbolDecoder, SymbolEncoder
 from .config import STFConfig
 from .entropy_models import build_indexes, eb_likelihood, eb_medians, gc_likelihood, quantize_symbols
-from .errors import BadInput, CorruptFile
+from .errors import BadInput, CorruptFile, DecoderMismatch
 from .slices import channel_first_flat, from_channel_first_flat, run_slices, slice_of
 from .transforms import g_a, g_s, h_a, h_mean_s, h_scale_s
 
@@ -173,7 +173,12 @@ class STF:
 
         def dequantize(s, mu, scale):
             index = to_host(channel_first_flat(build_indexes(scale)))
-            flat = y_decoder.read(index, self.gc_table)
+            try:
+                flat = y_decoder.read(index, self.gc_table)
+            except CorruptFile as e:  # the container's payload CRC passed: the decoder went astray
+                raise DecoderMismatch(f"y slice {s}: decoding went astray ({e}): this machine or backend "
+                                      "computed other entropy parameters than the encoder's, or the strings "
+                                      "are damaged (files encoded with --portable avoid the first)") from None
             check_symbols(flat, compressed.slice_crcs[s], f"y slice {s}")  # else DecoderMismatch
             return from_channel_first_flat(to_device(flat, xp), mu.shape)
 
