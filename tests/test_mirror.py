@@ -151,6 +151,9 @@ def test_train_resume_is_exact_and_export(tmp_path):
     train.main(["--out", str(tmp_path / "c"), "--steps", "1", "--init", str(tmp_path / "a" / "checkpoint.pt"),
                 "--lmbda", "0.013"] + common)
     assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["step"] == 1
+    # a wall-clock budget stops the run and is counted across resumes
+    train.main(["--out", str(tmp_path / "d"), "--minutes", "1e-5"] + common)
+    assert torch.load(tmp_path / "d" / "checkpoint.pt", weights_only=False)["step"] == 1
 
 
 def test_train_refuses_kodak(tmp_path):

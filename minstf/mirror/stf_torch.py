@@ -442,7 +442,8 @@ class STFTorch(nn.Module):
             x, H, W = layer(x, H, W, taps, f"dec{i}")
             if taps is not None:
                 taps[f"dec{i}_out"] = x
-        return self.end_conv(tokens_to_nchw(x, H, W).contiguous())
+        x = tokens_to_nchw(x, H, W)  # a channels-last view: faster CPU convolutions for training,
+        return self.end_conv(x if self.training else x.contiguous())  # bit-exact upstream algorithm in eval
 
     def slice_loop(self, y, latent_means, latent_scales, taps=None):
         """STF.md §5: returns y_hat and the y likelihoods, both (B, M, H4, W4)."""
