@@ -12,15 +12,18 @@ Continuous stages have a tolerance, discrete decisions have none:
 
 * a stage is OK when max|minstf - torch| <= ATOL * max(1, max|torch|): 1e-4 absolute on
   unit-scale tensors, 1e-4 relative on larger ones (float32 noise here is 1e-7 .. 1e-5;
-  a bug shows up as 1e-3 .. 1). Likelihoods, probabilities in [1e-9, 1], are compared
-  absolutely within LIK_ATOL = 1e-5 (not as bits: near the 1e-9 floor a relative error
-  means nothing; the bpp lines compare the bits in aggregate).
+  a bug shows up as 1e-3 .. 1). Likelihoods are probabilities in [1e-9, 1], unit-scale
+  tensors compared within LIK_ATOL = 1e-4 absolute, like the rest. They amplify the noise
+  of their inputs (p moves by up to ~1.2 |d scale| and, at the smallest scale 0.11, by
+  ~7 |d mu|): measured up to 1.5e-5. Not compared as bits: near the 1e-9 floor a relative
+  error means nothing; the bpp lines compare the bits in aggregate.
 * decisions (y symbols round(y - mu), scale indexes, z symbols round(z - median)) must be
   equal, except at a tie: when y - mu = 2.4999998 on one side and 2.5000002 on the other,
   the two correct float32 programs round differently. A disagreement is a tie when its
   margin is below TIE_MARGIN = 1e-4: |frac(v) - 0.5| for a symbol, the relative distance
   of the scale from the nearest table entry for an index. Ties must also be few (at most
-  MAX_TIE_FRACTION of the decisions).
+  3, or MAX_TIE_FRACTION = 1e-3 of the decisions): with float32 noise of ~1e-6 a tie is a
+  one-in-10^5 event.
 
 Ties and teacher forcing. One flipped y symbol changes y_hat by 1 there and, through the
 later slices' support and g_s, every stage after it: free-running, the two sides are not
@@ -53,9 +56,9 @@ from .slices import channel_first_flat, run_slices, slice_of
 from .transforms import g_s, h_mean_s, h_scale_s
 
 ATOL = 1e-4             # on unit-scale tensors; relative (x max|ref|) on larger ones
-LIK_ATOL = 1e-5         # likelihoods, absolute
+LIK_ATOL = 1e-4         # likelihoods (probabilities), absolute
 TIE_MARGIN = 1e-4       # a disagreeing decision closer than this to its threshold is a tie
-MAX_TIE_FRACTION = 1e-3  # ... and ties must be rare
+MAX_TIE_FRACTION = 1e-3  # ... and ties must be rare (at most 3, or this fraction of the decisions)
 
 # mirror taps that are latent maps (NCHW there, channels-last in minstf)
 _LATENT_MAPS = ("y", "z", "z_hat", "latent_means", "latent_scales", "mu", "scale", "y_hat_pre_lrp", "lrp_raw",
@@ -136,7 +139,7 @@ class Decisions:
         return bool(np.all(self.margins < tie_margin))
 
     def ok(self, tie_margin=TIE_MARGIN):
-        return self.all_ties(tie_margin) and self.differ <= max(1, MAX_TIE_FRACTION * self.total)
+        return self.all_ties(tie_margin) and self.differ <= max(3, MAX_TIE_FRACTION * self.total)
 
 
 @dataclass
@@ -150,6 +153,8 @@ class CrossCheck:
     shape: tuple
     config: object = None
     tie_margin: float = TIE_MARGIN
+    atol: float = ATOL
+    lik_atol: float = LIK_ATOL
 
     @property
     def ok(self):
@@ -285,7 +290,8 @@ def check_size(config, H, W):
     H4, W4 = -(-H // d), -(-W // d)
     if H4 % 4 or W4 % 4:
         raise BadInput(f"a {W}x{H} image has a {W4}x{H4} latent, which the slice loop cannot use (it must be a "
-                       f"multiple of 4): pad it to a multiple of {config.pad_multiple} (crosscheck --pad)")
+                       f"multiple of 4): pad it to a multiple of {config.pad_multiple} (minstf.image.eval_padding; "
+                       f"minstf crosscheck --pad)")
 
 
 def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_teacher=False, code=True,
@@ -370,7 +376,8 @@ def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_tea
         bpp["coded_minstf"] = 8 * (len(c.z_string) + len(c.y_string)) / pixels
         c = coded_from_symbols(model, z_sym_t, y_sym_t, index_t)
         bpp["coded_torch_symbols"] = 8 * (len(c.z_string) + len(c.y_string)) / pixels
-    return CrossCheck(rows, forced_rows, decisions, free, bpp, pixels, tuple(x.shape), config, tie_margin)
+    return CrossCheck(rows, forced_rows, decisions, free, bpp, pixels, tuple(x.shape), config, tie_margin, atol,
+                      lik_atol)
 
 
 def crosscheck_image(image, model_params, config, tables=None, pad_to_eval=False, **options):
@@ -385,27 +392,28 @@ def crosscheck_image(image, model_params, config, tables=None, pad_to_eval=False
 
 # --- the report --------------------------------------------------------------------------------
 
-_WHERE = (  # stage name prefix -> the code that computes it (minstf side / mirror side)
-    ("patch_embed", "swin.patch_embed (2x2 conv, LayerNorm) / STFTorch.g_a"),
-    ("enc", "swin.swin_block and patch_merging (g_a) / SwinBlock, PatchMerging"),
-    ("y", "transforms.g_a's last stage / STFTorch.g_a"),
-    ("z_hat", "entropy_models.eb_medians and rounding / EntropyBottleneck.medians"),
-    ("z", "transforms.h_a / hyper_analysis"),
-    ("latent", "transforms.h_mean_s, h_scale_s / hyper_synthesis"),
-    ("mu", "slices.run_slices, transforms.slice_network / STFTorch.slice_loop"),
-    ("scale", "slices.run_slices, transforms.slice_network / STFTorch.slice_loop"),
-    ("y_hat_pre_lrp", "slices.run_slices (symbols + mu) / STFTorch.slice_loop"),
-    ("lrp_raw", "slices.run_slices (LRP input order) / STFTorch.slice_loop"),
-    ("y_hat", "slices.run_slices (0.5 * tanh(lrp)) / STFTorch.slice_loop"),
-    ("dec", "swin.swin_block and patch_split (g_s) / SwinBlock, PatchSplit"),
-    ("x_hat", "transforms.end_conv / STFTorch.end_conv"),
-    ("likelihoods y", "entropy_models.gc_likelihood / GaussianConditional"),
-    ("likelihoods z", "entropy_models.eb_likelihood / EntropyBottleneck"),
-)
+_WHERE = {  # stage -> the code that computes it: minstf / the mirror
+    "patch_embed": "swin.patch_embed (2x2 conv, LayerNorm) / STFTorch.g_a",
+    "enc": "swin.swin_block, patch_merging (g_a) / SwinBlock, PatchMerging",
+    "y": "the last stage of transforms.g_a / STFTorch.g_a",
+    "z": "transforms.h_a / hyper_analysis",
+    "z_hat": "rounding around entropy_models.eb_medians / EntropyBottleneck.medians",
+    "latent_means": "transforms.h_mean_s / hyper_synthesis",
+    "latent_scales": "transforms.h_scale_s / hyper_synthesis",
+    "mu": "slices.run_slices (support), transforms.slice_network / STFTorch.slice_loop",
+    "scale": "slices.run_slices (support), transforms.slice_network / STFTorch.slice_loop",
+    "y_hat_pre_lrp": "slices.run_slices (symbols + mu) / STFTorch.slice_loop",
+    "lrp_raw": "slices.run_slices (LRP input: mean support + slice) / STFTorch.slice_loop",
+    "y_hat": "slices.run_slices (+ 0.5 tanh(lrp)) / STFTorch.slice_loop",
+    "dec": "swin.swin_block, patch_split (g_s) / SwinBlock, PatchSplit",
+    "x_hat": "transforms.end_conv / STFTorch.end_conv",
+    "likelihoods y": "entropy_models.gc_likelihood / GaussianConditional",
+    "likelihoods z": "entropy_models.eb_likelihood / EntropyBottleneck",
+}
 
 
 def _where(name):
-    return next(where for prefix, where in _WHERE if name.startswith(prefix))
+    return _WHERE.get(name) or _WHERE[name[:3]]  # enc{i}_... / dec{i}_...
 
 
 def format_table(rows):
@@ -424,18 +432,18 @@ def hints(result):
         bad = [i for i, r in enumerate(rows) if r.verdict == "NOT OK"]
         if bad:
             r = rows[bad[0]]
-            before = f"after {rows[bad[0] - 1].name} (OK), " if bad[0] else ""
+            before = f"after {rows[bad[0] - 1].name} ({rows[bad[0] - 1].verdict}), " if bad[0] else ""
             out.append(f"hint: {table}: the first NOT OK stage is {r.name} ({r.rel:.1e} relative): the bug is in the "
                        f"code {before}that computes it: {_where(r.name)}")
-            if bad[0] == 0 or all(rows[i].rel > 1e-2 for i in bad):
-                out.append("hint: a difference of 1e-2 or more from the start usually means the two sides did not "
-                           "get the same weights or image (layout, key names, padding), not float32 noise")
+            if bad[0] == 0 and table == "free-running":
+                out.append("hint: the very first stage differs: did both sides get the same weights and image "
+                           "(layouts, key names, padding)?")
             break
     for d in result.decisions:
         if not d.all_ties(result.tie_margin):
-            out.append(f"hint: {d.name} differ away from any threshold (margin up to {d.margins.max():.2g}): "
-                       f"{'rounding (half to even) or mu' if 'symbol' in d.name else 'the scale table or build_indexes'}"
-                       f" disagree, not float32 noise")
+            what = "round(y - mu) (half to even) or mu" if "symbol" in d.name else "the scale table or build_indexes"
+            out.append(f"hint: {d.differ} {d.name} differ away from any threshold (margin up to "
+                       f"{d.margins.max():.2g}): {what} disagree, this is not float32 noise")
         elif not d.ok(result.tie_margin):
             out.append(f"hint: {d.differ} {d.name} differ, all near a threshold but too many to be chance ties")
     if any(r.verdict == "tie" for r in result.rows):
@@ -452,8 +460,8 @@ def format_report(result):
     if c is not None:
         lines.append(f"STF embed_dim {c.embed_dim}, depths {tuple(c.depths)}, {c.num_slices} slices; "
                      f"image {W}x{H}; minstf (NumPy) vs torch mirror, float32, eval mode")
-    lines.append(f"tolerance: max|diff| <= {ATOL:g} x max(1, max|ref|); likelihoods {LIK_ATOL:g} absolute; "
-                 f"decisions exact except ties (margin < {result.tie_margin:g})")
+    lines.append(f"tolerance: max|diff| <= {result.atol:g} x max(1, max|ref|), likelihoods {result.lik_atol:g} "
+                 f"absolute; decisions exact except ties (margin < {result.tie_margin:g})")
     lines += ["", "free-running (each side takes its own decisions)"] + format_table(result.rows)
     if result.forced_rows:
         lines += ["", "teacher-forced (minstf takes the mirror's z and y symbols)"] + format_table(result.forced_rows)
