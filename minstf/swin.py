@@ -8,12 +8,12 @@ go through attention together as one batch `(B_, nH, N, hd)`, `B_ = B*nW`.
 Weights come from the flat params dict under upstream key names, e.g.
 `params["layers.0.blocks.1.attn.qkv.weight"]`; functions take the key prefix.
 """
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
-from .backend import to_device, xp_of
-from .ops import conv2d, gelu, layer_norm, linear, pixel_shuffle, softmax
+from .backend import parallel_rows, to_device, xp_of
+from .ops import add, conv2d, gelu, layer_norm, linear, pixel_shuffle, softmax_inplace
 
 
 # --- windows -----------------------------------------------------------------
@@ -76,34 +76,55 @@ def shift_attention_mask(H, W, ws, shift, xp=np):
 
 
 # --- attention and blocks ------------------------------------------------------
+def relative_position_bias(params, prefix, ws):
+    """(nH, N, N): the bias table gathered by the relative position index (STF.md §2.3)."""
+    xp = xp_of(params[f"{prefix}.relative_position_bias_table"])
+    table = params[f"{prefix}.relative_position_bias_table"]  # ((2ws-1)^2, nH)
+    index = to_device(_relative_position_index(ws), xp).reshape(-1)
+    N = ws * ws
+    return xp.ascontiguousarray(table[index].reshape(N, N, -1).transpose(2, 0, 1))  # (N*N, nH) -> (nH, N, N)
+
+
 def window_attention(x, params, prefix, num_heads, mask=None):
     """Multi-head self-attention inside each window, with relative position bias.
 
     Args: x (B_, N, C) windows; mask (nW, N, N) or None, with B_ = B*nW.
     Returns: (B_, N, C).
+    The qkv and proj products run over all windows at once; the attention in
+    between runs window block by window block (`_attend`), in cache, on all cores.
     """
     xp = xp_of(x)
     B_, N, C = x.shape
-    hd = C // num_heads
     ws = int(round(N ** 0.5))
-    qkv = linear(x, params[f"{prefix}.qkv.weight"], params[f"{prefix}.qkv.bias"])  # (B_, N, 3C)
-    qkv = qkv.reshape(B_, N, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)  # -> (3, B_, nH, N, hd)
-    q, k, v = qkv[0], qkv[1], qkv[2]  # each (B_, nH, N, hd)
-    q = q * xp.float32(hd ** -0.5)
-    attn = q @ k.swapaxes(-1, -2)  # (B_, nH, N, N)
-    index = to_device(_relative_position_index(ws), xp).reshape(-1)
-    table = params[f"{prefix}.relative_position_bias_table"]  # ((2ws-1)^2, nH)
-    bias = table[index].reshape(N, N, num_heads).transpose(2, 0, 1)  # (N*N, nH) -> (nH, N, N)
-    attn += bias
+    qkv = linear(x, params[f"{prefix}.qkv.weight"])  # (B_, N, 3C); the bias is added in _attend
+    qkv = qkv.reshape(B_, N, 3, num_heads, C // num_heads)  # -> (B_, N, 3, nH, hd)
+    out = xp.empty((B_, N, num_heads, C // num_heads), dtype=x.dtype)  # (B_, N, nH, hd)
+    windows = [out, qkv]
     if mask is not None:
         nW = mask.shape[0]
-        attn = attn.reshape(B_ // nW, nW, num_heads, N, N)  # (B_, nH, N, N) -> (B, nW, nH, N, N)
-        attn += mask[None, :, None]
-        attn = attn.reshape(B_, num_heads, N, N)  # -> (B_, nH, N, N)
-    attn = softmax(attn, axis=-1)
-    out = attn @ v  # (B_, nH, N, hd)
-    out = out.transpose(0, 2, 1, 3).reshape(B_, N, C)  # -> (B_, N, nH, hd) -> (B_, N, C)
-    return linear(out, params[f"{prefix}.proj.weight"], params[f"{prefix}.proj.bias"])
+        windows.append(xp.broadcast_to(mask, (B_ // nW, nW, N, N)).reshape(B_, N, N))  # mask of each window
+    kernel = partial(_attend, qkv_bias=params[f"{prefix}.qkv.bias"].reshape(3, num_heads, -1),
+                     pos_bias=relative_position_bias(params, prefix, ws))
+    parallel_rows(kernel, *windows, block=1 << 17)
+    return linear(out.reshape(B_, N, C), params[f"{prefix}.proj.weight"], params[f"{prefix}.proj.bias"])
+
+
+def _attend(out, qkv, mask=None, *, qkv_bias, pos_bias):
+    """softmax(q k^T / sqrt(hd) + bias + mask) v for a block of b windows.
+
+    out (b, N, nH, hd) <- qkv (b, N, 3, nH, hd) (bias not yet added), mask (b, N, N) or None.
+    """
+    xp = xp_of(qkv)
+    b, N, _, nH, hd = qkv.shape
+    qkv += qkv_bias  # in place, (3, nH, hd) broadcast over windows and tokens
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # each (b, nH, N, hd)
+    attn = q @ k.swapaxes(-1, -2)  # (b, nH, N, N)
+    attn *= qkv.dtype.type(hd ** -0.5)
+    attn += pos_bias  # (nH, N, N)
+    if mask is not None:
+        attn += mask[:, None]  # (b, 1, N, N)
+    softmax_inplace(attn.reshape(-1, N))  # over the keys
+    out[...] = (attn @ v).transpose(0, 2, 1, 3)  # (b, nH, N, hd) -> (b, N, nH, hd)
 
 
 def swin_block(x, H, W, params, prefix, num_heads, ws, shift=0, mask=None):
@@ -127,12 +148,12 @@ def swin_block(x, H, W, params, prefix, num_heads, ws, shift=0, mask=None):
     if shift:
         h = xp.roll(h, (shift, shift), axis=(1, 2))
     h = h[:, :H, :W].reshape(B, L, C)  # crop, (B, Hp, Wp, C) -> (B, L, C)
-    x = x + h
+    x = add(x, h)
     h = layer_norm(x, p("norm2.weight"), p("norm2.bias"))
-    h = gelu(linear(h, p("mlp.fc1.weight"), p("mlp.fc1.bias")))  # (B, L, C) -> (B, L, 4C)
-    h = linear(h, p("mlp.fc2.weight"), p("mlp.fc2.bias"))  # (B, L, 4C) -> (B, L, C)
-    x += h
-    return x
+    h = linear(h, p("mlp.fc1.weight"))  # (B, L, C) -> (B, L, 4C)
+    h = gelu(h, bias=p("mlp.fc1.bias"), out=h)  # GELU(h + b1), in place
+    h = linear(h, p("mlp.fc2.weight"))  # (B, L, 4C) -> (B, L, C)
+    return add(x, h, p("mlp.fc2.bias"), out=x)  # x + h + b2
 
 
 # --- embedding and resampling --------------------------------------------------
