@@ -141,3 +141,10 @@ def parallel_rows(kernel, *arrays, block=BLOCK_ELEMENTS):
 def on_host(array):
     """True for a NumPy array (the host), False for CuPy."""
     return xp_of(array) is np
+
+
+def row_blocks(rows, row_elements, overlap=0, block_elements=1 << 22):
+    """[(start, count)] covering `rows` rows in blocks whose work arrays hold about `block_elements`
+    values (`row_elements` a row, plus `overlap` rows that a block also reads)."""
+    step = max(1, block_elements // max(row_elements, 1) - overlap)
+    return [(lo, min(step, rows - lo)) for lo in range(0, rows, step)]

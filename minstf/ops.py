@@ -29,19 +29,21 @@ same kernels run once on the whole array.
 import math
 from functools import partial
 
-from .backend import erf, on_host, parallel_rows, xp_of
+from .backend import erf, on_host, parallel_rows, row_blocks, xp_of
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
 
-def linear(x, weight, bias=None):
+def linear(x, weight, bias=None, out=None):
     """`x @ weight.T + bias` over the last axis.
 
-    Args: x (..., in); weight (out, in); bias (out,) or None.
+    Args: x (..., in); weight (out, in); bias (out,) or None; out: C-contiguous (..., out) or None.
     Returns: (..., out).
     """
+    xp = xp_of(x)
     lead = x.shape[:-1]
-    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (..., in) -> (rows, out): one GEMM
+    y = None if out is None else _rows_of(out, weight.shape[0])
+    y = xp.matmul(x.reshape(-1, x.shape[-1]), weight.T, out=y)  # (..., in) -> (rows, out): one GEMM
     if bias is not None:
         add(y, bias, out=y)
     return y.reshape(*lead, weight.shape[0])  # (rows, out) -> (..., out)
@@ -97,84 +99,84 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
                 for dy in range(k) for dx in range(k)]  # k*k views (B, Ho, Wo, Cin)
         cols = xp.concatenate(taps, axis=-1)  # (B, Ho, Wo, k*k*Cin)
         return linear(cols, w.T, bias)  # (B, Ho, Wo, O)
-    flat = x.reshape(B * Hp * Wp, Cin)  # (B, Hp, Wp, Cin) -> (B*Hp*Wp, Cin)
-    L = (B - 1) * Hp * Wp + (Ho - 1) * Wp + Wo  # rows up to the last valid output
-    offsets = [dy * Wp + dx for dy in range(k) for dx in range(k)]  # tap (dy, dx) -> row shift
-    out = xp.empty((B * Hp * Wp, O), dtype=x.dtype)
-    _conv_rows(flat, weight, offsets, out[:L])
-    if bias is not None:
-        add(out[:L], bias, out=out[:L])
-    out = out.reshape(B, Hp, Wp, O)[:, :Ho, :Wo]  # (B*Hp*Wp, O) -> (B, Ho, Wo, O), crop garbage
-    return xp.ascontiguousarray(out)
+    x = xp.ascontiguousarray(x)
+    out = xp.empty((B, Ho, Wo, O), dtype=x.dtype)
+    # fewer bytes moved: Y has k*k*O values a pixel, im2col copies k*k*Cin
+    conv = _conv_taps_first if O <= Cin else _conv_im2col
+    for b in range(B):
+        conv(x[b], weight, bias, out[b])  # (Hp, Wp, Cin) -> (Ho, Wo, O)
+    return out
 
 
-def _conv_rows(flat, weight, offsets, out):
-    """out[l] = sum over taps t of flat[l + offsets[t]] @ W_t, for the rows l of `out` (L, O)."""
-    O, Cin = weight.shape[:2]
-    if O < Cin or O * len(offsets) <= 64:
-        _conv_taps_first(flat, weight, offsets, out)
-    else:
-        _conv_im2col(flat, weight, offsets, out)
+def _conv_taps_first(x, weight, bias, out):
+    """One image, all taps in one product, then the shifted sums; by blocks of output rows.
 
-
-def _conv_taps_first(flat, weight, offsets, out, block_rows=1 << 14):
-    """All taps in one product per block of rows, then the shifted sums.
-
-    Y = flat rows @ (Cin, k*k*O): row l, columns [t*O, (t+1)*O) hold tap t's
-    contribution from input row l, which belongs to output row l - offsets[t].
+    Y = x rows @ (Cin, k*k*O): pixel (i, j), columns [t*O, (t+1)*O) hold tap
+    t = (dy, dx)'s contribution from input pixel (i, j) to output pixel (i-dy, j-dx).
+    Args: x (Hp, Wp, Cin) padded; out (Ho, Wo, O).
     """
-    xp = xp_of(flat)
-    L, O = out.shape
-    k2 = len(offsets)
-    w = weight.reshape(O, -1, k2).transpose(1, 2, 0).reshape(-1, k2 * O)  # (O, Cin, k, k) -> (Cin, k*k*O)
-    span = offsets[-1]
-    for lo in range(0, L, block_rows):
-        n = min(block_rows, L - lo)
-        y = flat[lo:lo + n + span] @ w  # (n + span, k*k*O)
-        parallel_rows(_sum_taps, out[lo:lo + n], *[y[off:off + n, t * O:(t + 1) * O]
-                                                   for t, off in enumerate(offsets)])
+    Hp, Wp, Cin = x.shape
+    Ho, Wo, O = out.shape
+    k = weight.shape[-1]
+    w = weight.reshape(O, Cin, k * k).transpose(1, 2, 0).reshape(Cin, k * k * O)  # (O, Cin, k, k) -> (Cin, k*k*O)
+    for h0, n in row_blocks(Ho, Wp * k * k * O, overlap=k - 1):
+        y = (x[h0:h0 + n + k - 1].reshape(-1, Cin) @ w).reshape(n + k - 1, Wp, k * k * O)  # rows of Y
+        taps = [y[dy:dy + n, dx:dx + Wo, (dy * k + dx) * O:(dy * k + dx + 1) * O]
+                for dy in range(k) for dx in range(k)]  # k*k views (n, Wo, O)
+        parallel_rows(partial(_sum_taps, bias=bias), out[h0:h0 + n], *taps)
 
 
-def _sum_taps(out, *taps):
+def _sum_taps(out, *taps, bias=None):
     xp = xp_of(out)
-    xp.copyto(out, taps[0])
-    for tap in taps[1:]:
+    xp.add(taps[0], taps[1], out=out)
+    for tap in taps[2:]:
         out += tap
+    if bias is not None:
+        out += bias
 
 
-def _conv_im2col(flat, weight, offsets, out, block_bytes=16 << 20):
-    """im2col by blocks of rows: k*k shifted slices side by side, then one product with (k*k*Cin, O)."""
-    xp = xp_of(flat)
-    L, O = out.shape
-    Cin, k2 = flat.shape[1], len(offsets)
-    w = weight.reshape(O, Cin, k2).transpose(2, 1, 0).reshape(k2 * Cin, O)  # (O, Cin, k, k) -> (k*k*Cin, O)
-    block_rows = max(256, block_bytes // (k2 * Cin * flat.itemsize))
-    cols = xp.empty((min(block_rows, L), k2 * Cin), dtype=flat.dtype)  # (rows, k*k*Cin), reused
-    for lo in range(0, L, block_rows):
-        n = min(block_rows, L - lo)
-        parallel_rows(_side_by_side, cols[:n], *[flat[lo + off:lo + off + n] for off in offsets],
-                      block=256 * k2 * Cin)  # >= 256 rows a range: k*k copies per range
-        xp.matmul(cols[:n], w, out=out[lo:lo + n])
+def _conv_im2col(x, weight, bias, out):
+    """One image by blocks of output rows: the k*k shifted views side by side, then one product.
+
+    Args: x (Hp, Wp, Cin) padded; out (Ho, Wo, O).
+    """
+    xp = xp_of(x)
+    Hp, Wp, Cin = x.shape
+    Ho, Wo, O = out.shape
+    k = weight.shape[-1]
+    w = weight.transpose(2, 3, 1, 0).reshape(k * k * Cin, O)  # (O, Cin, k, k) -> (k*k*Cin, O)
+    for h0, n in row_blocks(Ho, Wo * k * k * Cin):
+        cols = xp.empty((n, Wo, k * k * Cin), dtype=x.dtype)  # (n, Wo, k*k*Cin)
+        parallel_rows(partial(_side_by_side, k=k), cols, *[x[h0 + dy:h0 + dy + n] for dy in range(k)])
+        o = out[h0:h0 + n].reshape(n * Wo, O)
+        xp.matmul(cols.reshape(n * Wo, -1), w, out=o)
+        if bias is not None:
+            add(o, bias, out=o)
 
 
-def _side_by_side(cols, *taps):
-    """cols (n, k*k*Cin) <- the k*k (n, Cin) tap slices, side by side."""
-    Cin = taps[0].shape[1]
-    for t, tap in enumerate(taps):
-        cols[:, t * Cin:(t + 1) * Cin] = tap
+def _side_by_side(cols, *rows, k):
+    """cols (n, Wo, k*k*Cin) <- tap (dy, dx) = rows[dy][:, dx:dx + Wo] at columns (dy*k + dx)*Cin..."""
+    Wo, Cin = cols.shape[1], rows[0].shape[-1]
+    for dy, r in enumerate(rows):  # r (n, Wp, Cin): input rows dy below the output rows
+        for dx in range(k):
+            t = dy * k + dx
+            cols[:, :, t * Cin:(t + 1) * Cin] = r[:, dx:dx + Wo]
 
 
-def pixel_shuffle(x, r):
+def pixel_shuffle(x, r, out=None):
     """PyTorch's PixelShuffle on channels-last maps.
 
     Input channel `c*r*r + i*r + j` of pixel (h, w) -> output channel c at (h*r + i, w*r + j).
-    Args: x (B, H, W, C*r*r). Returns: (B, H*r, W*r, C).
+    Args: x (B, H, W, C*r*r); out (B, H*r, W*r, C) or None. Returns: (B, H*r, W*r, C).
     """
     B, H, W, Crr = x.shape
     C = Crr // (r * r)
     x = x.reshape(B, H, W, C, r, r)  # (B, H, W, C*r*r) -> (B, H, W, C, i, j)
     x = x.transpose(0, 1, 4, 2, 5, 3)  # -> (B, H, i, W, j, C)
-    return x.reshape(B, H * r, W * r, C)  # -> (B, H*r, W*r, C)
+    if out is None:
+        return x.reshape(B, H * r, W * r, C)  # -> (B, H*r, W*r, C)
+    out.reshape(B, H, r, W, r, C)[...] = x  # out may be a view, e.g. the inside of a padded map
+    return out
 
 
 # --- normalisation and activations (elementwise, in blocks of rows) --------------------------

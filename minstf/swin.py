@@ -12,7 +12,7 @@ from functools import lru_cache, partial
 
 import numpy as np
 
-from .backend import parallel_rows, to_device, xp_of
+from .backend import parallel_rows, row_blocks, to_device, xp_of
 from .ops import add, conv2d, gelu, layer_norm, linear, pixel_shuffle, softmax_inplace
 
 
@@ -90,23 +90,26 @@ def window_attention(x, params, prefix, num_heads, mask=None):
 
     Args: x (B_, N, C) windows; mask (nW, N, N) or None, with B_ = B*nW.
     Returns: (B_, N, C).
-    The qkv and proj products run over all windows at once; the attention in
-    between runs window block by window block (`_attend`), in cache, on all cores.
+    Runs by groups of windows, so that qkv (3 values per output value) stays small:
+    qkv product, attention (`_attend`, in cache-sized blocks on all cores), proj product.
     """
     xp = xp_of(x)
     B_, N, C = x.shape
-    ws = int(round(N ** 0.5))
-    qkv = linear(x, params[f"{prefix}.qkv.weight"])  # (B_, N, 3C); the bias is added in _attend
-    qkv = qkv.reshape(B_, N, 3, num_heads, C // num_heads)  # -> (B_, N, 3, nH, hd)
-    out = xp.empty((B_, N, num_heads, C // num_heads), dtype=x.dtype)  # (B_, N, nH, hd)
-    windows = [out, qkv]
+    nH, hd = num_heads, C // num_heads
+    p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
     if mask is not None:
         nW = mask.shape[0]
-        windows.append(xp.broadcast_to(mask, (B_ // nW, nW, N, N)).reshape(B_, N, N))  # mask of each window
-    kernel = partial(_attend, qkv_bias=params[f"{prefix}.qkv.bias"].reshape(3, num_heads, -1),
-                     pos_bias=relative_position_bias(params, prefix, ws))
-    parallel_rows(kernel, *windows, block=1 << 17)
-    return linear(out.reshape(B_, N, C), params[f"{prefix}.proj.weight"], params[f"{prefix}.proj.bias"])
+        mask = xp.broadcast_to(mask, (B_ // nW, nW, N, N)).reshape(B_, N, N)  # the mask of each window
+    kernel = partial(_attend, qkv_bias=p("qkv.bias").reshape(3, nH, hd),
+                     pos_bias=relative_position_bias(params, prefix, int(round(N ** 0.5))))
+    groups = row_blocks(B_, N * 3 * C, block_elements=1 << 20)  # [(first window, count)]
+    out = xp.empty((B_, N, C), dtype=x.dtype)
+    heads = xp.empty((groups[0][1], N, nH, hd), dtype=x.dtype)  # attention output of a group, reused
+    for w0, n in groups:
+        qkv = linear(x[w0:w0 + n], p("qkv.weight")).reshape(n, N, 3, nH, hd)  # (n, N, 3C); bias in _attend
+        parallel_rows(kernel, heads[:n], qkv, *([] if mask is None else [mask[w0:w0 + n]]), block=1 << 17)
+        linear(heads[:n].reshape(n, N, C), p("proj.weight"), p("proj.bias"), out=out[w0:w0 + n])
+    return out
 
 
 def _attend(out, qkv, mask=None, *, qkv_bias, pos_bias):
@@ -114,7 +117,6 @@ def _attend(out, qkv, mask=None, *, qkv_bias, pos_bias):
 
     out (b, N, nH, hd) <- qkv (b, N, 3, nH, hd) (bias not yet added), mask (b, N, N) or None.
     """
-    xp = xp_of(qkv)
     b, N, _, nH, hd = qkv.shape
     qkv += qkv_bias  # in place, (3, nH, hd) broadcast over windows and tokens
     q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # each (b, nH, N, hd)
@@ -127,33 +129,44 @@ def _attend(out, qkv, mask=None, *, qkv_bias, pos_bias):
     out[...] = (attn @ v).transpose(0, 2, 1, 3)  # (b, nH, N, hd) -> (b, N, nH, hd)
 
 
+def mlp_residual(x, params, prefix):
+    """x + fc2(GELU(fc1(LayerNorm(x)))), in place on x, by blocks of tokens (the 4C-wide hidden
+    activations of one block stay small). x (B, L, C) -> the same array."""
+    p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
+    x = xp_of(x).ascontiguousarray(x)
+    rows = x.reshape(-1, x.shape[-1])  # (B*L, C), a view
+    for lo, n in row_blocks(rows.shape[0], p("mlp.fc1.weight").shape[0], block_elements=1 << 20):
+        r = rows[lo:lo + n]
+        h = linear(layer_norm(r, p("norm2.weight"), p("norm2.bias")), p("mlp.fc1.weight"))  # (n, C) -> (n, 4C)
+        h = gelu(h, bias=p("mlp.fc1.bias"), out=h)  # GELU(h + b1), in place
+        h = linear(h, p("mlp.fc2.weight"))  # (n, 4C) -> (n, C)
+        add(r, h, p("mlp.fc2.bias"), out=r)  # r + h + b2
+    return x
+
+
 def swin_block(x, H, W, params, prefix, num_heads, ws, shift=0, mask=None):
     """One Swin block: (shifted) window attention and an MLP, each with a residual (STF.md §2.6).
 
     Args: x tokens (B, H*W, C); shift 0 or ws//2; mask (nW, N, N) when shift > 0.
-    Returns: tokens (B, H*W, C).
+    Returns: tokens (B, H*W, C), a new array.
     """
     xp = xp_of(x)
     B, L, C = x.shape
-    p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
-    h = layer_norm(x, p("norm1.weight"), p("norm1.bias")).reshape(B, H, W, C)  # (B, L, C) -> (B, H, W, C)
+    h = layer_norm(x, params[f"{prefix}.norm1.weight"], params[f"{prefix}.norm1.bias"])
+    h = h.reshape(B, H, W, C)  # (B, L, C) -> (B, H, W, C)
     Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
     if (Hp, Wp) != (H, W):  # zero padding after the LayerNorm: padded tokens are exact zeros
         h = xp.pad(h, ((0, 0), (0, Hp - H), (0, Wp - W), (0, 0)))  # -> (B, Hp, Wp, C)
     if shift:
         h = xp.roll(h, (-shift, -shift), axis=(1, 2))
-    windows = window_partition(h, ws)  # (B, Hp, Wp, C) -> (B*nW, N, C)
-    windows = window_attention(windows, params, f"{prefix}.attn", num_heads, mask if shift else None)
-    h = window_reverse(windows, ws, Hp, Wp)  # (B*nW, N, C) -> (B, Hp, Wp, C)
+    h = window_partition(h, ws)  # (B, Hp, Wp, C) -> (B*nW, N, C)
+    h = window_attention(h, params, f"{prefix}.attn", num_heads, mask if shift else None)
+    h = window_reverse(h, ws, Hp, Wp)  # (B*nW, N, C) -> (B, Hp, Wp, C)
     if shift:
         h = xp.roll(h, (shift, shift), axis=(1, 2))
     h = h[:, :H, :W].reshape(B, L, C)  # crop, (B, Hp, Wp, C) -> (B, L, C)
-    x = add(x, h)
-    h = layer_norm(x, p("norm2.weight"), p("norm2.bias"))
-    h = linear(h, p("mlp.fc1.weight"))  # (B, L, C) -> (B, L, 4C)
-    h = gelu(h, bias=p("mlp.fc1.bias"), out=h)  # GELU(h + b1), in place
-    h = linear(h, p("mlp.fc2.weight"))  # (B, L, 4C) -> (B, L, C)
-    return add(x, h, p("mlp.fc2.bias"), out=x)  # x + h + b2
+    x = add(x, h)  # a new array: the caller's x is left as it was
+    return mlp_residual(x, params, prefix)
 
 
 # --- embedding and resampling --------------------------------------------------

@@ -16,6 +16,7 @@ file; `enc{i}_blk{b}`, `enc{i}_out`, `dec{i}_blk{b}`, `dec{i}_out` as tokens
 (golden `attn_mask_64x96` = `enc0_mask` and `attn_mask_8x12` = `enc3_mask` of
 input A, `b_enc_mask_layer0` = `enc0_mask` of input B).
 """
+from .backend import xp_of
 from .ops import conv2d, gelu, pixel_shuffle
 from .swin import basic_layer, patch_embed
 
@@ -62,9 +63,15 @@ def end_conv(x, params, config):
 
     Args: x (B, h, w, e), the last synthesis stage as a map. Returns: (B, p*h, p*w, 3).
     """
+    xp = xp_of(x)
     x = _conv(x, params, "end_conv.0")  # 5x5: (B, h, w, e) -> (B, h, w, e*p*p)
-    x = pixel_shuffle(x, config.patch_size)  # -> (B, p*h, p*w, e)
-    return _conv(x, params, "end_conv.2")  # 3x3: -> (B, p*h, p*w, 3)
+    B, h, w, epp = x.shape
+    p, w2 = config.patch_size, params["end_conv.2.weight"]
+    pad = w2.shape[-1] // 2
+    shuffled = xp.zeros((B, p * h + 2 * pad, p * w + 2 * pad, epp // (p * p)), dtype=x.dtype)  # zero border
+    pixel_shuffle(x, p, out=shuffled[:, pad:pad + p * h, pad:pad + p * w])  # -> (B, p*h, p*w, e), padded
+    del x
+    return conv2d(shuffled, w2, params["end_conv.2.bias"])  # 3x3, padding done: -> (B, p*h, p*w, 3)
 
 
 # --- hyperprior ------------------------------------------------------------------

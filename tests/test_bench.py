@@ -1,0 +1,34 @@
+"""Smoke test of the benchmark (minstf.bench) on a tiny configuration and a 64x64 image."""
+import io
+import importlib.util
+
+import numpy as np
+
+from minstf.bench import MODES, PORTABLE_STAGES, STAGES, bench_image, run_benchmark
+from minstf.config import STFConfig
+
+TINY = STFConfig(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 4), num_slices=4,
+                 max_support_slices=2, slice_hidden=(16, 16, 16, 16))
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def test_bench_image_falls_back_to_a_smooth_synthetic_image(tmp_path):
+    x, what = bench_image((128, 64), kodak=tmp_path)
+    assert x.shape == (1, 3, 64, 128) and x.dtype == np.float32 and "synthetic" in what
+    assert 0 <= x.min() and x.max() <= 1
+
+
+def test_run_benchmark_tiny():
+    out = io.StringIO()
+    r = run_benchmark(config=TINY, size=(64, 64), repeat=1, torch=HAVE_TORCH, out=out)
+    sides = ("numpy", "torch") if HAVE_TORCH else ("numpy",)
+    for side in sides:
+        figures = r[side]["figures"]
+        assert set(figures) == set(MODES)
+        assert set(figures["float32"]) == set(STAGES) and set(figures["portable"]) == set(PORTABLE_STAGES)
+        for stages in figures.values():
+            for f in stages.values():
+                assert f["median_s"] > 0 and 0 <= f["coding_s"] <= f["median_s"]
+    table = out.getvalue()
+    assert "g_a" in table and "entropy coding" in table and "load average" in table
+    assert ("time x" in table) == HAVE_TORCH
