@@ -142,6 +142,14 @@ def test_train_resume_is_exact_and_export(tmp_path):
     assert a["step"] == b["step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # --resume alone takes the recipe (lr, batch, crops, data, ...) from the checkpoint
+    train.main(["--out", str(tmp_path / "e"), "--steps", "2"] + common)
+    train.main(["--out", str(tmp_path / "e"), "--steps", "4", "--resume", "--threads", "1", "--save-every", "2",
+                "--val-every", "2", "--log-every", "1"])
+    e = torch.load(tmp_path / "e" / "checkpoint.pt", weights_only=True)
+    assert e["args"]["lr"] == 1e-3 and e["args"]["batch_size"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], e["model"][k]), k
     log = (tmp_path / "b" / "log.tsv").read_text().splitlines()
     assert log[0].startswith("step\tloss\tbpp\tmse\tpsnr\taux") and len(log) == 5
     params, config = train.export_params(tmp_path / "a" / "checkpoint.pt")

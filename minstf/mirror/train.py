@@ -194,7 +194,12 @@ def export_main(argv):
 
 # --------------------------------------------------------------------------- main
 
-def parse_args(argv):
+# recipe options that --resume takes from the checkpoint unless given again
+RESUMED_OPTIONS = ("config", "data", "steps", "minutes", "batch_size", "patch_size", "crops_per_image", "lr",
+                   "lr_drop", "aux_lr", "lmbda", "clip", "drop_path", "seed", "holdout")
+
+
+def parse_args(argv, defaults=None):
     p = argparse.ArgumentParser(prog="python -m minstf.mirror.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="run directory (checkpoint.pt, log.tsv)")
     p.add_argument("--config", choices=sorted(CONFIGS), default="small")
@@ -222,6 +227,8 @@ def parse_args(argv):
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     group.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (new optimizers, step 0)")
+    if defaults:
+        p.set_defaults(**defaults)
     return p.parse_args(argv)
 
 
@@ -230,6 +237,9 @@ def main(argv=None):
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     args = parse_args(argv)
+    if args.resume and (Path(args.out) / "checkpoint.pt").exists():  # the run's own recipe, unless overridden
+        saved = load_checkpoint(Path(args.out) / "checkpoint.pt").get("args", {})
+        args = parse_args(argv, {k: v for k, v in saved.items() if k in RESUMED_OPTIONS})
     if not args.steps and not args.minutes:
         raise SystemExit("give --steps, --minutes or both")
     torch.set_num_threads(args.threads)
