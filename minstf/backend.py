@@ -8,6 +8,7 @@ when a model is loaded; images move at the public edges (`to_device` /
 import itertools
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -116,26 +117,33 @@ def parallel_rows(kernel, *arrays, block=BLOCK_ELEMENTS):
     of the ranges. block: about how many elements of the first array a range holds.
     NumPy: ranges run on all cores (`num_threads()`); CuPy: one call on the whole arrays.
     """
-    if not on_host(arrays[0]):
-        kernel(*arrays)
-        return
     rows = arrays[0].shape[0]
-    step = max(1, block * rows // max(arrays[0].size, 1))  # rows per range
+    parallel_ranges(lambda lo, hi: kernel(*(a[lo:hi] for a in arrays)), rows,
+                    arrays[0].size // max(rows, 1), block, on_host(arrays[0]))
+
+
+def parallel_ranges(kernel, rows, row_elements, block=BLOCK_ELEMENTS, host=True):
+    """Call `kernel(lo, hi)` on consecutive ranges [lo, hi) covering range(rows), each of about
+    `block` elements (`row_elements` a row), on all cores; one call kernel(0, rows) if not host."""
+    if not host:
+        kernel(0, rows)
+        return
+    step = max(1, block // max(row_elements, 1))  # rows per range
     count = -(-rows // step)
     threads = 1 if getattr(_inside, "flag", False) else min(num_threads(), count)
     ranges = itertools.count()
 
     def work():
         while (i := next(ranges)) < count:  # a shared counter: whoever is free takes the next range
-            lo = i * step
-            kernel(*(a[lo:lo + step] for a in arrays))
+            kernel(i * step, min((i + 1) * step, rows))
 
     helpers = [_executor().submit(work) for _ in range(threads - 1)]
     try:
         work()
     finally:
         for h in helpers:
-            h.result()
+            if not h.cancel():  # a helper that has not started yet (a busy machine) is not waited for
+                h.result()
 
 
 def on_host(array):
@@ -148,3 +156,27 @@ def row_blocks(rows, row_elements, overlap=0, block_elements=1 << 22):
     values (`row_elements` a row, plus `overlap` rows that a block also reads)."""
     step = max(1, block_elements // max(row_elements, 1) - overlap)
     return [(lo, min(step, rows - lo)) for lo in range(0, rows, step)]
+
+
+# --- weights in the layouts the kernels want ----------------------------------------------
+_layouts = {}  # (id(weight), tag) -> (weak reference to weight, derived array)
+
+
+def derived(weight, tag, make):
+    """`make(weight)`, computed once per weight array and kept while the array lives.
+
+    For re-layouts such as a convolution's (O, Cin, k, k) -> (Cin, k*k*O): the
+    params keep PyTorch's layouts, the kernels get theirs without a copy per call.
+    Weights are treated as immutable: to change one, assign a new array.
+    """
+    key = (id(weight), tag)
+    hit = _layouts.get(key)
+    if hit is not None and hit[0]() is weight:
+        return hit[1]
+    value = make(weight)
+    try:
+        ref = weakref.ref(weight, lambda _, key=key: _layouts.pop(key, None))
+    except TypeError:  # an array type without weak references: no caching
+        return value
+    _layouts[key] = (ref, value)
+    return value

@@ -328,14 +328,14 @@ class _Side:
         self.info.update(image=image, setup_s=time.perf_counter() - t0, memory_method=PeakMemory.METHOD)
 
     def run(self, mode, stage):
-        """{seconds, coding_s, peak_mb} of one run of a stage."""
+        """{seconds, cpu_s, coding_s, peak_mb} of one run of a stage (cpu_s: CPU time of all threads)."""
         self.clock.seconds = 0.0
         with PeakMemory() as mem:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             out = self.table[mode][stage]()
-            seconds = time.perf_counter() - t
+            seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
         del out
-        return {"seconds": seconds, "coding_s": self.clock.seconds, "peak_mb": mem.peak_mb}
+        return {"seconds": seconds, "cpu_s": cpu, "coding_s": self.clock.seconds, "peak_mb": mem.peak_mb}
 
 
 def _serve(job):
@@ -420,6 +420,7 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
             figures[mode][stage] = {"seconds": [r["seconds"] for r in s],
                                     "median_s": float(np.median([r["seconds"] for r in s])),
                                     "min_s": min(r["seconds"] for r in s),
+                                    "cpu_s": float(np.median([r["cpu_s"] for r in s])),
                                     "coding_s": float(np.median([r["coding_s"] for r in s])),
                                     "peak_mb": None if None in mb else max(mb)}
         result[side] = {**worker.info, "figures": figures}
@@ -439,32 +440,35 @@ def format_table(result):
     if th:
         lines.append(f"torch:  {th['version']}, {th['threads']} threads ({th['threads_how']}), eval, no_grad")
     lines.append(f"memory: {np_['memory_method']}; max over runs")
-    head = f"{'mode':<9}{'stage':<19}{'minstf s':>9}{'MB':>7}"
+    lines.append("cpu s: CPU time of the process (all threads; spinning BLAS/OpenMP threads count too)")
+    head = f"{'mode':<9}{'stage':<17}{'minstf s':>9}{'cpu s':>7}{'MB':>6}"
     if th:
-        head += f"{'torch s':>9}{'MB':>7}{'time x':>8}{'mem x':>7}"
+        head += f"{'torch s':>9}{'cpu s':>7}{'MB':>6}{'time x':>8}{'cpu x':>7}{'mem x':>7}"
     lines += ["", head, "-" * len(head)]
     for mode, stages in np_["figures"].items():
         for stage, f in stages.items():
             g = th["figures"][mode][stage] if th else None
-            rows = [(stage, f["median_s"], f["peak_mb"], g and g["median_s"], g and g["peak_mb"])]
+            rows = [(stage, f["median_s"], f["cpu_s"], f["peak_mb"], g and g["median_s"], g and g["cpu_s"],
+                     g and g["peak_mb"])]
             if stage in ("compress", "decompress"):
-                rows += [("  network", f["median_s"] - f["coding_s"], None,
-                          g and g["median_s"] - g["coding_s"], None),
-                         ("  entropy coding", f["coding_s"], None, g and g["coding_s"], None)]
-            for name, s, mb, ts, tmb in rows:
-                line = f"{mode:<9}{name:<19}{s:>9.3f}{_mb(mb):>7}"
+                rows += [("  network", f["median_s"] - f["coding_s"], None, None,
+                          g and g["median_s"] - g["coding_s"], None, None),
+                         ("  entropy coding", f["coding_s"], None, None, g and g["coding_s"], None, None)]
+            for name, s, cpu, mb, ts, tcpu, tmb in rows:
+                line = f"{mode:<9}{name:<17}{s:>9.3f}{_num(cpu, 7, 2)}{_num(mb, 6, 0)}"
                 if th:
-                    line += f"{ts:>9.3f}{_mb(tmb):>7}{s / ts:>8.2f}{_ratio(mb, tmb):>7}"
+                    line += (f"{ts:>9.3f}{_num(tcpu, 7, 2)}{_num(tmb, 6, 0)}{s / ts:>8.2f}"
+                             f"{_ratio(cpu, tcpu)}{_ratio(mb, tmb)}")
                 lines.append(line)
     return "\n".join(lines)
 
 
-def _mb(v):
-    return "" if v is None else f"{v:.0f}"
+def _num(v, width, digits):
+    return " " * width if v is None else f"{v:>{width}.{digits}f}"
 
 
 def _ratio(a, b):
-    return "" if a is None or b is None or b <= 0 else f"{a / b:.2f}"
+    return " " * 7 if a is None or b is None or b <= 0 else f"{a / b:>7.2f}"
 
 
 def _config_name(d):

@@ -5,22 +5,21 @@ code runs on NumPy and CuPy, and keeps the input's float dtype (float32, or
 float64 in portable mode). Weights keep PyTorch layouts (Linear `(out, in)`,
 Conv2d `(O, I, kH, kW)`); feature maps are channels-last `(B, H, W, C)`.
 
-Convolutions are matrix products on flat rows. For stride 1 the zero-padded
-map is flattened to rows `(B*Hp*Wp, Cin)`; kernel tap `(dy, dx)` then reads the
-rows shifted by `dy*Wp + dx`, so each tap is one contiguous slice of rows, with
-no copy. Rows that fall on the padding columns produce garbage that is cropped
-at the end:
+Convolutions (stride 1) are matrix products on whole rows of pixels, in one of
+two ways, chosen by which moves fewer bytes:
 
-    padded map (Hp x Wp)      flat rows             output rows
-    +---------+--+            [ x x x x x . . ]      l = b*Hp*Wp + h*Wp + w
-    |  image  |p |   --->     tap (dy,dx) reads      keep w < Wo, h < Ho
-    +---------+--+            row l + dy*Wp + dx
+    taps first (O <= Cin: the slice networks, h_a, the last 3x3 of end_conv):
+        Y = x @ [W_tap0 | W_tap1 | ...]        one product, (H*W, Cin) @ (Cin, k*k*O)
+        out[i, j] = bias + sum over taps (dy, dx) of Y[i + dy - p, j + dx - p, tap's O columns]
+        (shifted views of Y; taps that would read the zero padding are left out, so
+        no padded pixel is multiplied)
+    im2col (O > Cin: the 5x5 end_conv, the hyper synthesis):
+        per block of output rows, the k*k shifted views of the zero-padded map side by
+        side, (rows, k*k*Cin), then one product with the (k*k*Cin, O) matrix
 
-Two ways to sum the taps, chosen by which moves fewer bytes (`_conv_rows`):
-    taps first  (many input channels):  Y = rows @ [W_tap0 | W_tap1 | ...]  in ONE product,
-                then out[l] = sum over taps of Y[l + offset, tap's columns]
-    im2col      (few input channels, e.g. the 5x5 end_conv): per block of rows, copy the
-                k*k shifted slices side by side, then one product with the (k*k*Cin, O) matrix
+Weights keep PyTorch's layout in `params`; the (Cin, k*k*O) and (k*k*Cin, O)
+matrices are made once per weight array (`backend.derived`). Stride 2 (PatchEmbed,
+h_a) uses im2col on strided views.
 
 Elementwise work (GELU, LayerNorm, softmax, residual adds) runs on NumPy in
 cache-sized blocks of rows on all cores (`backend.parallel_rows`); on CuPy the
@@ -29,7 +28,7 @@ same kernels run once on the whole array.
 import math
 from functools import partial
 
-from .backend import erf, on_host, parallel_rows, row_blocks, xp_of
+from .backend import derived, erf, on_host, parallel_ranges, parallel_rows, row_blocks, xp_of
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
@@ -88,51 +87,72 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     xp = xp_of(x, weight)
     B, H, W, Cin = x.shape
     O, _, k, _ = weight.shape
-    if padding:
-        x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, Hp, Wp, Cin)
-    _, Hp, Wp, _ = x.shape
-    Ho, Wo = (Hp - k) // stride + 1, (Wp - k) // stride + 1
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
     if stride != 1:
         # im2col on strided views: one column block per tap, then one GEMM
-        w = weight.transpose(2, 3, 1, 0).reshape(k * k * Cin, O)  # (O, Cin, k, k) -> (k*k*Cin, O)
+        x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, Hp, Wp, Cin)
+        w = derived(weight, "im2col", _im2col_matrix)  # (k*k*Cin, O)
         taps = [x[:, dy:dy + stride * (Ho - 1) + 1:stride, dx:dx + stride * (Wo - 1) + 1:stride]
                 for dy in range(k) for dx in range(k)]  # k*k views (B, Ho, Wo, Cin)
         cols = xp.concatenate(taps, axis=-1)  # (B, Ho, Wo, k*k*Cin)
         return linear(cols, w.T, bias)  # (B, Ho, Wo, O)
     x = xp.ascontiguousarray(x)
     out = xp.empty((B, Ho, Wo, O), dtype=x.dtype)
-    # fewer bytes moved: Y has k*k*O values a pixel, im2col copies k*k*Cin
-    conv = _conv_taps_first if O <= Cin else _conv_im2col
-    for b in range(B):
-        conv(x[b], weight, bias, out[b])  # (Hp, Wp, Cin) -> (Ho, Wo, O)
+    if O <= Cin:  # fewer bytes moved: Y has k*k*O values a pixel, im2col k*k*Cin
+        for b in range(B):
+            _conv_taps_first(x[b], weight, bias, padding, out[b])  # (H, W, Cin) -> (Ho, Wo, O)
+    else:
+        x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, Hp, Wp, Cin)
+        for b in range(B):
+            _conv_im2col(x[b], weight, bias, out[b])  # (Hp, Wp, Cin) -> (Ho, Wo, O)
     return out
 
 
-def _conv_taps_first(x, weight, bias, out):
+def _taps_first_matrix(weight):
+    O, Cin, k, _ = weight.shape
+    return weight.reshape(O, Cin, k * k).transpose(1, 2, 0).reshape(Cin, k * k * O)  # -> (Cin, k*k*O)
+
+
+def _im2col_matrix(weight):
+    O, Cin, k, _ = weight.shape
+    return weight.transpose(2, 3, 1, 0).reshape(k * k * Cin, O)  # -> (k*k*Cin, O)
+
+
+def _conv_taps_first(x, weight, bias, p, out):
     """One image, all taps in one product, then the shifted sums; by blocks of output rows.
 
-    Y = x rows @ (Cin, k*k*O): pixel (i, j), columns [t*O, (t+1)*O) hold tap
-    t = (dy, dx)'s contribution from input pixel (i, j) to output pixel (i-dy, j-dx).
-    Args: x (Hp, Wp, Cin) padded; out (Ho, Wo, O).
+    Y = x @ (Cin, k*k*O), on the pixels of the image only (no padding): Y[i, j] holds,
+    in columns [t*O, (t+1)*O), the contribution of input pixel (i, j) through tap
+    t = (dy, dx) to output pixel (i - dy + p, j - dx + p); taps that would read the
+    zero padding are simply left out of the sums.
+    Args: x (H, W, Cin); p the padding; out (Ho, Wo, O).
     """
-    Hp, Wp, Cin = x.shape
+    H, W, Cin = x.shape
     Ho, Wo, O = out.shape
     k = weight.shape[-1]
-    w = weight.reshape(O, Cin, k * k).transpose(1, 2, 0).reshape(Cin, k * k * O)  # (O, Cin, k, k) -> (Cin, k*k*O)
-    for h0, n in row_blocks(Ho, Wp * k * k * O, overlap=k - 1):
-        y = (x[h0:h0 + n + k - 1].reshape(-1, Cin) @ w).reshape(n + k - 1, Wp, k * k * O)  # rows of Y
-        taps = [y[dy:dy + n, dx:dx + Wo, (dy * k + dx) * O:(dy * k + dx + 1) * O]
-                for dy in range(k) for dx in range(k)]  # k*k views (n, Wo, O)
-        parallel_rows(partial(_sum_taps, bias=bias), out[h0:h0 + n], *taps)
+    w = derived(weight, "taps first", _taps_first_matrix)  # (Cin, k*k*O)
+    for h0, n in row_blocks(Ho, W * k * k * O, overlap=k - 1):
+        r0, r1 = max(0, h0 - p), min(H, h0 + n + k - 1 - p)  # the input rows these outputs read
+        y = (x[r0:r1].reshape(-1, Cin) @ w).reshape(r1 - r0, W, k * k * O)  # (rows, W, k*k*O)
+        kernel = partial(_sum_taps, out=out, y=y, y_row0=r0, p=p, k=k, bias=bias)
+        parallel_ranges(lambda lo, hi: kernel(h0 + lo, h0 + hi), n, Wo * O)
 
 
-def _sum_taps(out, *taps, bias=None):
-    xp = xp_of(out)
-    xp.add(taps[0], taps[1], out=out)
-    for tap in taps[2:]:
-        out += tap
-    if bias is not None:
-        out += bias
+def _sum_taps(lo, hi, out, y, y_row0, p, k, bias):
+    """Output rows [lo, hi) of a taps-first convolution: bias + the k*k shifted, clipped views of Y."""
+    Ho, Wo, O = out.shape
+    rows, W, _ = y.shape
+    o = out[lo:hi]
+    o[...] = 0 if bias is None else bias
+    for dy in range(k):
+        # output row i reads Y row i + dy - p - y_row0, which must lie in [0, rows)
+        i0, i1 = max(lo, y_row0 + p - dy), min(hi, y_row0 + rows + p - dy)
+        for dx in range(k):
+            j0, j1 = max(0, p - dx), min(Wo, W + p - dx)
+            if i0 < i1 and j0 < j1:
+                t = dy * k + dx
+                out[i0:i1, j0:j1] += y[i0 + dy - p - y_row0:i1 + dy - p - y_row0, j0 + dx - p:j1 + dx - p,
+                                       t * O:(t + 1) * O]
 
 
 def _conv_im2col(x, weight, bias, out):
@@ -144,7 +164,7 @@ def _conv_im2col(x, weight, bias, out):
     Hp, Wp, Cin = x.shape
     Ho, Wo, O = out.shape
     k = weight.shape[-1]
-    w = weight.transpose(2, 3, 1, 0).reshape(k * k * Cin, O)  # (O, Cin, k, k) -> (k*k*Cin, O)
+    w = derived(weight, "im2col", _im2col_matrix)  # (k*k*Cin, O)
     for h0, n in row_blocks(Ho, Wo * k * k * Cin):
         cols = xp.empty((n, Wo, k * k * Cin), dtype=x.dtype)  # (n, Wo, k*k*Cin)
         parallel_rows(partial(_side_by_side, k=k), cols, *[x[h0 + dy:h0 + dy + n] for dy in range(k)])
@@ -163,16 +183,20 @@ def _side_by_side(cols, *rows, k):
             cols[:, :, t * Cin:(t + 1) * Cin] = r[:, dx:dx + Wo]
 
 
-def pixel_shuffle(x, r, out=None):
+def pixel_shuffle(x, r, out=None, channel_order="cij"):
     """PyTorch's PixelShuffle on channels-last maps.
 
     Input channel `c*r*r + i*r + j` of pixel (h, w) -> output channel c at (h*r + i, w*r + j).
+    channel_order "ijc": input channel `(i*r + j)*C + c` instead, so that whole C-vectors
+    move (a faster copy; end_conv permutes its convolution's output channels to this order).
     Args: x (B, H, W, C*r*r); out (B, H*r, W*r, C) or None. Returns: (B, H*r, W*r, C).
     """
     B, H, W, Crr = x.shape
     C = Crr // (r * r)
-    x = x.reshape(B, H, W, C, r, r)  # (B, H, W, C*r*r) -> (B, H, W, C, i, j)
-    x = x.transpose(0, 1, 4, 2, 5, 3)  # -> (B, H, i, W, j, C)
+    if channel_order == "cij":
+        x = x.reshape(B, H, W, C, r, r).transpose(0, 1, 4, 2, 5, 3)  # (B, H, W, C, i, j) -> (B, H, i, W, j, C)
+    else:
+        x = x.reshape(B, H, W, r, r, C).transpose(0, 1, 3, 2, 4, 5)  # (B, H, W, i, j, C) -> (B, H, i, W, j, C)
     if out is None:
         return x.reshape(B, H * r, W * r, C)  # -> (B, H*r, W*r, C)
     out.reshape(B, H, r, W, r, C)[...] = x  # out may be a view, e.g. the inside of a padded map

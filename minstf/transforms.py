@@ -16,7 +16,7 @@ file; `enc{i}_blk{b}`, `enc{i}_out`, `dec{i}_blk{b}`, `dec{i}_out` as tokens
 (golden `attn_mask_64x96` = `enc0_mask` and `attn_mask_8x12` = `enc3_mask` of
 input A, `b_enc_mask_layer0` = `enc0_mask` of input B).
 """
-from .backend import xp_of
+from .backend import derived, xp_of
 from .ops import conv2d, gelu, pixel_shuffle
 from .swin import basic_layer, patch_embed
 
@@ -64,14 +64,18 @@ def end_conv(x, params, config):
     Args: x (B, h, w, e), the last synthesis stage as a map. Returns: (B, p*h, p*w, 3).
     """
     xp = xp_of(x)
-    x = _conv(x, params, "end_conv.0")  # 5x5: (B, h, w, e) -> (B, h, w, e*p*p)
-    B, h, w, epp = x.shape
-    p, w2 = config.patch_size, params["end_conv.2.weight"]
+    p, w0, w2 = config.patch_size, params["end_conv.0.weight"], params["end_conv.2.weight"]
+    # output channels c*p*p + i*p + j -> (i*p + j)*e + c, so that the shuffle moves whole pixels
+    e = w0.shape[0] // (p * p)
+    w0 = derived(w0, "ijc", lambda w: w.reshape(e, p * p, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape))
+    b0 = params["end_conv.0.bias"].reshape(e, p * p).T.reshape(-1)
+    x = conv2d(x, w0, b0, padding=w0.shape[-1] // 2)  # 5x5: (B, h, w, e) -> (B, h, w, p*p*e)
+    B, h, w, _ = x.shape
     pad = w2.shape[-1] // 2
-    shuffled = xp.zeros((B, p * h + 2 * pad, p * w + 2 * pad, epp // (p * p)), dtype=x.dtype)  # zero border
-    pixel_shuffle(x, p, out=shuffled[:, pad:pad + p * h, pad:pad + p * w])  # -> (B, p*h, p*w, e), padded
+    shuffled = xp.zeros((B, p * h + 2 * pad, p * w + 2 * pad, e), dtype=x.dtype)  # with a zero border
+    pixel_shuffle(x, p, out=shuffled[:, pad:pad + p * h, pad:pad + p * w], channel_order="ijc")  # -> (B, p*h, p*w, e)
     del x
-    return conv2d(shuffled, w2, params["end_conv.2.bias"])  # 3x3, padding done: -> (B, p*h, p*w, 3)
+    return conv2d(shuffled, w2, params["end_conv.2.bias"])  # 3x3 on the padded map: -> (B, p*h, p*w, 3)
 
 
 # --- hyperprior ------------------------------------------------------------------
