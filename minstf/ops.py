@@ -135,7 +135,7 @@ def _conv_taps_first(x, weight, bias, p, out):
         r0, r1 = max(0, h0 - p), min(H, h0 + n + k - 1 - p)  # the input rows these outputs read
         y = (x[r0:r1].reshape(-1, Cin) @ w).reshape(r1 - r0, W, k * k * O)  # (rows, W, k*k*O)
         kernel = partial(_sum_taps, out=out, y=y, y_row0=r0, p=p, k=k, bias=bias)
-        parallel_ranges(lambda lo, hi: kernel(h0 + lo, h0 + hi), n, Wo * O)
+        parallel_ranges(lambda lo, hi: kernel(h0 + lo, h0 + hi), n, Wo * O, block=1 << 17)
 
 
 def _sum_taps(lo, hi, out, y, y_row0, p, k, bias):
@@ -165,7 +165,7 @@ def _conv_im2col(x, weight, bias, out):
     Ho, Wo, O = out.shape
     k = weight.shape[-1]
     w = derived(weight, "im2col", _im2col_matrix)  # (k*k*Cin, O)
-    for h0, n in row_blocks(Ho, Wo * k * k * Cin):
+    for h0, n in row_blocks(Ho, Wo * k * k * Cin, block_elements=1 << 19):  # cols of ~2 MB: in cache
         cols = xp.empty((n, Wo, k * k * Cin), dtype=x.dtype)  # (n, Wo, k*k*Cin)
         parallel_rows(partial(_side_by_side, k=k), cols, *[x[h0 + dy:h0 + dy + n] for dy in range(k)])
         o = out[h0:h0 + n].reshape(n * Wo, O)
@@ -303,9 +303,12 @@ def softmax(x, axis=-1):
     return out
 
 
-def softmax_inplace(x):
-    """Softmax over the last axis of a (rows, n) array, in place, in the calling thread."""
+def softmax_inplace(x, axis=-1):
+    """Softmax of a 2-D array along `axis` (-1: rows, 0: columns), in place, in the calling thread."""
     xp = xp_of(x)
-    x -= x.max(axis=-1, keepdims=True)
+    x -= x.max(axis=axis, keepdims=True)
     xp.exp(x, out=x)
-    x *= (1.0 / xp.einsum("rn->r", x))[:, None]
+    if axis == 0:
+        x *= 1.0 / x.sum(axis=0)
+    else:
+        x *= (1.0 / xp.einsum("rn->r", x))[:, None]  # for short rows einsum sums faster than .sum

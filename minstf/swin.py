@@ -99,14 +99,15 @@ def window_attention(x, params, prefix, num_heads, mask=None):
     p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
     if mask is not None:
         nW = mask.shape[0]
-        mask = xp.broadcast_to(mask, (B_ // nW, nW, N, N)).reshape(B_, N, N)  # the mask of each window
-    kernel = partial(_attend, qkv_bias=p("qkv.bias").reshape(3, nH, hd),
-                     pos_bias=relative_position_bias(params, prefix, int(round(N ** 0.5))))
-    groups = row_blocks(B_, N * 3 * C, block_elements=1 << 20)  # [(first window, count)]
+        mask = xp.ascontiguousarray(xp.broadcast_to(mask.swapaxes(-1, -2), (B_ // nW, nW, N, N)))
+        mask = mask.reshape(B_, N, N)  # (B_, N_k, N_q): the mask of each window, keys first
+    pos_bias = relative_position_bias(params, prefix, int(round(N ** 0.5)))  # (nH, N_q, N_k)
+    kernel = partial(_attend, qkv_bias=p("qkv.bias"), pos_bias=xp.ascontiguousarray(pos_bias.transpose(2, 0, 1)))
+    groups = row_blocks(B_, N * 3 * C)  # [(first window, count)], qkv of a group ~16 MB
     out = xp.empty((B_, N, C), dtype=x.dtype)
     heads = xp.empty((groups[0][1], N, nH, hd), dtype=x.dtype)  # attention output of a group, reused
     for w0, n in groups:
-        qkv = linear(x[w0:w0 + n], p("qkv.weight")).reshape(n, N, 3, nH, hd)  # (n, N, 3C); bias in _attend
+        qkv = linear(x[w0:w0 + n], p("qkv.weight"))  # (n, N, 3C); the bias is added in _attend
         parallel_rows(kernel, heads[:n], qkv, *([] if mask is None else [mask[w0:w0 + n]]), block=1 << 17)
         linear(heads[:n].reshape(n, N, C), p("proj.weight"), p("proj.bias"), out=out[w0:w0 + n])
     return out
@@ -115,18 +116,23 @@ def window_attention(x, params, prefix, num_heads, mask=None):
 def _attend(out, qkv, mask=None, *, qkv_bias, pos_bias):
     """softmax(q k^T / sqrt(hd) + bias + mask) v for a block of b windows.
 
-    out (b, N, nH, hd) <- qkv (b, N, 3, nH, hd) (bias not yet added), mask (b, N, N) or None.
+    Args: out (b, N, nH, hd); qkv (b, N, 3C) without its bias; mask (b, N_k, N_q) or None;
+    pos_bias (N_k, nH, N_q). The scores are kept keys first, (N_k, b, nH, N_q): then the
+    softmax over the keys works on N rows of b*nH*N values each, with whole-row
+    operations, instead of on b*nH*N rows of only N values.
     """
-    b, N, _, nH, hd = qkv.shape
-    qkv += qkv_bias  # in place, (3, nH, hd) broadcast over windows and tokens
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # each (b, nH, N, hd)
-    attn = q @ k.swapaxes(-1, -2)  # (b, nH, N, N)
-    attn *= qkv.dtype.type(hd ** -0.5)
-    attn += pos_bias  # (nH, N, N)
+    xp = xp_of(qkv)
+    b, N, nH, hd = out.shape
+    qkv += qkv_bias  # in place, (3C,) on every token
+    q, k, v = (qkv.reshape(b, N, 3, nH, hd)[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (b, nH, N, hd)
+    scores = xp.empty((N, b, nH, N), dtype=qkv.dtype)  # [key m, window, head, query n]
+    xp.matmul(k, q.swapaxes(-1, -2), out=scores.transpose(1, 2, 0, 3))  # (b, nH, m, n) = k_m . q_n
+    scores *= qkv.dtype.type(hd ** -0.5)
+    scores += pos_bias[:, None]  # (N_k, 1, nH, N_q)
     if mask is not None:
-        attn += mask[:, None]  # (b, 1, N, N)
-    softmax_inplace(attn.reshape(-1, N))  # over the keys
-    out[...] = (attn @ v).transpose(0, 2, 1, 3)  # (b, nH, N, hd) -> (b, N, nH, hd)
+        scores += mask.transpose(1, 0, 2)[:, :, None]  # (N_k, b, 1, N_q)
+    softmax_inplace(scores.reshape(N, -1), axis=0)  # over the keys
+    xp.matmul(scores.transpose(1, 2, 3, 0), v, out=out.transpose(0, 2, 1, 3))  # (b, nH, n, hd) = sum_m p v_m
 
 
 def mlp_residual(x, params, prefix):
@@ -135,7 +141,7 @@ def mlp_residual(x, params, prefix):
     p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
     x = xp_of(x).ascontiguousarray(x)
     rows = x.reshape(-1, x.shape[-1])  # (B*L, C), a view
-    for lo, n in row_blocks(rows.shape[0], p("mlp.fc1.weight").shape[0], block_elements=1 << 20):
+    for lo, n in row_blocks(rows.shape[0], p("mlp.fc1.weight").shape[0]):  # hidden of a block ~16 MB
         r = rows[lo:lo + n]
         h = linear(layer_norm(r, p("norm2.weight"), p("norm2.bias")), p("mlp.fc1.weight"))  # (n, C) -> (n, 4C)
         h = gelu(h, bias=p("mlp.fc1.bias"), out=h)  # GELU(h + b1), in place
