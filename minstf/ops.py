@@ -102,7 +102,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         for b in range(B):
             _conv_taps_first(x[b], weight, bias, padding, out[b])  # (H, W, Cin) -> (Ho, Wo, O)
     else:
-        x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, Hp, Wp, Cin)
+        if padding:
+            x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, Hp, Wp, Cin)
         for b in range(B):
             _conv_im2col(x[b], weight, bias, out[b])  # (Hp, Wp, Cin) -> (Ho, Wo, O)
     return out

@@ -16,7 +16,7 @@ file; `enc{i}_blk{b}`, `enc{i}_out`, `dec{i}_blk{b}`, `dec{i}_out` as tokens
 (golden `attn_mask_64x96` = `enc0_mask` and `attn_mask_8x12` = `enc3_mask` of
 input A, `b_enc_mask_layer0` = `enc0_mask` of input B).
 """
-from .backend import derived, xp_of
+from .backend import derived, row_blocks, xp_of
 from .ops import conv2d, gelu, pixel_shuffle
 from .swin import basic_layer, patch_embed
 
@@ -61,21 +61,24 @@ def g_s(y_hat, params, config, taps=None):
 def end_conv(x, params, config):
     """The last part of g_s: 5x5 conv, PixelShuffle(patch_size), 3x3 conv; no activation.
 
+    The 5x5 convolution runs by bands of rows, each shuffled straight into the full-size
+    map, so that its p*p-times-wider output never exists whole.
     Args: x (B, h, w, e), the last synthesis stage as a map. Returns: (B, p*h, p*w, 3).
     """
     xp = xp_of(x)
-    p, w0, w2 = config.patch_size, params["end_conv.0.weight"], params["end_conv.2.weight"]
+    p, w0 = config.patch_size, params["end_conv.0.weight"]
+    B, h, w, e = x.shape
+    k = w0.shape[-1]
     # output channels c*p*p + i*p + j -> (i*p + j)*e + c, so that the shuffle moves whole pixels
-    e = w0.shape[0] // (p * p)
-    w0 = derived(w0, "ijc", lambda w: w.reshape(e, p * p, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape))
+    w0 = derived(w0, "ijc", lambda a: a.reshape(e, p * p, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
     b0 = params["end_conv.0.bias"].reshape(e, p * p).T.reshape(-1)
-    x = conv2d(x, w0, b0, padding=w0.shape[-1] // 2)  # 5x5: (B, h, w, e) -> (B, h, w, p*p*e)
-    B, h, w, _ = x.shape
-    pad = w2.shape[-1] // 2
-    shuffled = xp.zeros((B, p * h + 2 * pad, p * w + 2 * pad, e), dtype=x.dtype)  # with a zero border
-    pixel_shuffle(x, p, out=shuffled[:, pad:pad + p * h, pad:pad + p * w], channel_order="ijc")  # -> (B, p*h, p*w, e)
-    del x
-    return conv2d(shuffled, w2, params["end_conv.2.bias"])  # 3x3 on the padded map: -> (B, p*h, p*w, 3)
+    x = xp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))  # (B, h+k-1, w+k-1, e)
+    shuffled = xp.empty((B, p * h, p * w, e), dtype=x.dtype)
+    for h0, n in row_blocks(h, w * p * p * e, block_elements=1 << 21):
+        band = conv2d(x[:, h0:h0 + n + k - 1], w0, b0)  # 5x5 on rows h0..h0+n-1: (B, n, w, p*p*e)
+        pixel_shuffle(band, p, out=shuffled[:, p * h0:p * (h0 + n)], channel_order="ijc")  # -> (B, p*n, p*w, e)
+    w2 = params["end_conv.2.weight"]
+    return conv2d(shuffled, w2, params["end_conv.2.bias"], padding=w2.shape[-1] // 2)  # 3x3: -> (B, p*h, p*w, 3)
 
 
 # --- hyperprior ------------------------------------------------------------------
