@@ -305,8 +305,9 @@ def main():
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="The .mstf file to write ('-': stdout).")
 @weights_options
-@click.option("--portable", is_flag=True,
-              help="Entropy parameters in float64: decodable on other machines and backends.")
+@click.option("--portable/--fast", default=True, show_default=True,
+              help="Portable: entropy parameters in float64, so the file decodes on other machines and "
+                   "backends. Fast: float32, decodable only where float32 rounds alike (same machine/backend).")
 @output_options
 @reports_errors
 def encode(src, out, weights, quality, backend, portable, force, verbose, quiet):
@@ -322,7 +323,7 @@ def encode(src, out, weights, quality, backend, portable, force, verbose, quiet)
     if not quiet:
         _say(f"{_name(src, 'stdin')} -> {_name(out, 'stdout')}: {stats.width}x{stats.height}, "
              f"{stats.file_bytes:,} bytes, {stats.bpp:.4f} bpp ({stats.payload_bpp:.4f} payload), "
-             f"{'portable, ' if portable else ''}{seconds:.2f} s")
+             f"{'portable' if portable else 'fast'} mode, {seconds:.2f} s")
 
 
 @main.command()
@@ -399,7 +400,7 @@ def info(src, weights):
 @main.command()
 @click.argument("src", metavar="[IMAGE]", required=False, type=click.Path(dir_okay=False, allow_dash=True))
 @weights_options
-@click.option("--portable", is_flag=True, help="Code in portable mode.")
+@click.option("--portable/--fast", default=True, show_default=True, help="Entropy-parameter mode (see encode).")
 @click.option("--keep", type=click.Path(file_okay=False),
               help="Keep the .mstf and decoded PNG in this folder (default: a temporary one, deleted).")
 @output_options
@@ -428,8 +429,8 @@ def demo(src, weights, quality, backend, portable, keep, force, verbose, quiet):
         write_output(png, _png_bytes(decoded), force)
     x, x_hat = to_float(image), to_float(decoded)
     click.echo(f"image    {_name(src, 'stdin')}, {stats.width}x{stats.height}")
-    click.echo(f"weights  {path} ({model.fingerprint[:12]}…), backend {backend}"
-               f"{', portable' if portable else ''}")
+    click.echo(f"weights  {path} ({model.fingerprint[:12]}…), backend {backend}, "
+               f"{'portable' if portable else 'fast'} mode")
     click.echo(f"rate     {stats.file_bytes:,} bytes: {stats.bpp:.4f} bpp (file), "
                f"{stats.payload_bpp:.4f} bpp (payload)")
     click.echo(f"quality  PSNR {psnr_uint8(image, decoded):.2f} dB (8-bit RGB), MS-SSIM {ms_ssim(x, x_hat):.4f}")

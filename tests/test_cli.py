@@ -52,10 +52,11 @@ def png_file(path, array=IMAGE, mode=None, **kw):
 
 @pytest.fixture(scope="module")
 def mstf(tmp_path_factory, small_weights):  # noqa: F811
-    """A valid .mstf file of IMAGE made with the shipped q2 weights, and its decoded image."""
+    """A valid .mstf file of IMAGE made with the shipped q2 weights in the CLI's default
+    (portable) mode, and its decoded image."""
     path = tmp_path_factory.mktemp("mstf") / "image.mstf"
     m = load_model(small_weights / "stf-small-q2.safetensors")
-    data, _ = encode_image(m, IMAGE)
+    data, _ = encode_image(m, IMAGE, portable=True)
     path.write_bytes(data)
     return path, decode_image(m, data)[0]
 
@@ -84,7 +85,7 @@ def test_encode_decode_info(tmp_path, mstf):
     fields = dict(line.split(None, 1) for line in r.stdout.splitlines())
     assert set(fields) == {"file", "model", "weights", "image", "mode", "slices", "payload", "bpp"}
     assert fields["model"] == "stf" and fields["slices"] == "4" and fields["image"].startswith("40x24, coded as 64x64")
-    assert "(shipped q2)" in fields["weights"] and fields["mode"].startswith("float32")
+    assert "(shipped q2)" in fields["weights"] and fields["mode"].startswith("portable")
     assert f"header {HEADER_BYTES} bytes" in fields["payload"]
 
 
@@ -92,8 +93,8 @@ def test_quality_and_weights_options(tmp_path, shipped):
     src = png_file(tmp_path / "in.png")
     q3, q1 = shipped / "stf-small-q3.safetensors", shipped / "stf-small-q1.safetensors"
     assert run("encode", src, "-o", tmp_path / "a.mstf", "-q", "3", "--quiet").stderr == ""
-    assert run("encode", src, "-o", tmp_path / "b.mstf", "--weights", q3, "--portable").exit_code == 0
-    assert "portable" in run("info", tmp_path / "b.mstf").stdout
+    assert run("encode", src, "-o", tmp_path / "b.mstf", "--weights", q3, "--fast").exit_code == 0
+    assert "float32" in run("info", tmp_path / "b.mstf").stdout
     for name in ("a", "b"):                                    # no -q needed to decode
         assert run("decode", tmp_path / f"{name}.mstf", "-o", tmp_path / f"{name}.png").exit_code == 0
     assert run("decode", tmp_path / "a.mstf", "-o", tmp_path / "c.png", "-w", q3, "-v").exit_code == 0
@@ -365,7 +366,7 @@ def test_demo_keeps_files_only_when_asked(tmp_path, monkeypatch):
     assert run("demo", src, "--keep", keep).exit_code == 0
     assert sorted(p.name for p in keep.iterdir()) == ["photo.mstf", "photo.png"]
     assert_error(run("demo", src, "--keep", keep), OutputExists.exit_code)
-    assert run("demo", src, "--keep", keep, "--force", "--portable").exit_code == 0
+    assert run("demo", src, "--keep", keep, "--force", "--fast").exit_code == 0
 
 
 def test_demo_of_the_packaged_sample():
