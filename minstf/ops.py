@@ -140,20 +140,29 @@ def _conv_taps_first(x, weight, bias, p, out):
 
 
 def _sum_taps(lo, hi, out, y, y_row0, p, k, bias):
-    """Output rows [lo, hi) of a taps-first convolution: bias + the k*k shifted, clipped views of Y."""
+    """Output rows [lo, hi) of a taps-first convolution: the k*k shifted, clipped views of Y, + bias."""
     Ho, Wo, O = out.shape
     rows, W, _ = y.shape
-    o = out[lo:hi]
-    o[...] = 0 if bias is None else bias
-    for dy in range(k):
-        # output row i reads Y row i + dy - p - y_row0, which must lie in [0, rows)
+    taps = [(dy, dx) for dy in range(k) for dx in range(k)]
+    same = k % 2 == 1 and p == k // 2  # then the centre tap covers every output pixel: it goes first
+    if same:
+        taps.remove((p, p))
+        taps.insert(0, (p, p))
+    else:
+        out[lo:hi] = 0
+    for n, (dy, dx) in enumerate(taps):
+        # output pixel (i, j) reads Y[i + dy - p - y_row0, j + dx - p], where that lies inside Y
         i0, i1 = max(lo, y_row0 + p - dy), min(hi, y_row0 + rows + p - dy)
-        for dx in range(k):
-            j0, j1 = max(0, p - dx), min(Wo, W + p - dx)
-            if i0 < i1 and j0 < j1:
-                t = dy * k + dx
-                out[i0:i1, j0:j1] += y[i0 + dy - p - y_row0:i1 + dy - p - y_row0, j0 + dx - p:j1 + dx - p,
-                                       t * O:(t + 1) * O]
+        j0, j1 = max(0, p - dx), min(Wo, W + p - dx)
+        if i0 < i1 and j0 < j1:
+            t = dy * k + dx
+            view = y[i0 + dy - p - y_row0:i1 + dy - p - y_row0, j0 + dx - p:j1 + dx - p, t * O:(t + 1) * O]
+            if n == 0 and same:
+                out[i0:i1, j0:j1] = view
+            else:
+                out[i0:i1, j0:j1] += view
+    if bias is not None:
+        out[lo:hi] += bias
 
 
 def _conv_im2col(x, weight, bias, out):

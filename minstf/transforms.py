@@ -27,6 +27,13 @@ def _conv(x, params, prefix, stride=1):
     return conv2d(x, w, params[f"{prefix}.bias"], stride=stride, padding=w.shape[-1] // 2)
 
 
+def _conv_gelu(x, params, prefix, stride=1):
+    """GELU(_conv(x)): the conv's bias is added inside GELU's pass over the map."""
+    w = params[f"{prefix}.weight"]
+    x = conv2d(x, w, None, stride=stride, padding=w.shape[-1] // 2)
+    return gelu(x, bias=params[f"{prefix}.bias"], out=x)
+
+
 # --- analysis and synthesis transforms -----------------------------------------
 def g_a(x, params, config, taps=None):
     """Analysis transform: PatchEmbed, then 4 Swin stages with PatchMerging (STF.md §3.1).
@@ -88,19 +95,17 @@ def h_a(y, params, config):
     Args: y (B, H4, W4, M). Returns: z (B, ceil(ceil(H4/2)/2), ..., N_z).
     """
     x = y
-    for j, stride in enumerate((1, 1, 2, 1, 2)):
-        if j:
-            x = gelu(x)
-        x = _conv(x, params, f"h_a.{2 * j}", stride=stride)  # (B, h, w, c) -> (B, h/stride, w/stride, c')
-    return x
+    for j, stride in enumerate((1, 1, 2, 1)):
+        x = _conv_gelu(x, params, f"h_a.{2 * j}", stride=stride)  # (B, h, w, c) -> (B, h/stride, w/stride, c')
+    return _conv(x, params, "h_a.8", stride=2)  # -> (B, h/2, w/2, N_z)
 
 
 def _h_s(z_hat, params, prefix):
     """h_mean_s / h_scale_s: conv, GELU, subpel x2, GELU, conv, GELU, subpel x2, GELU, conv (STF.md §3.3)."""
-    x = gelu(_conv(z_hat, params, f"{prefix}.0"))  # (B, zh, zw, 4e) -> (B, zh, zw, 5e)
-    x = gelu(pixel_shuffle(_conv(x, params, f"{prefix}.2.0"), 2))  # -> (B, 2zh, 2zw, 6e)
-    x = gelu(_conv(x, params, f"{prefix}.4"))  # -> (B, 2zh, 2zw, 7e)
-    x = gelu(pixel_shuffle(_conv(x, params, f"{prefix}.6.0"), 2))  # -> (B, 4zh, 4zw, 8e)
+    x = _conv_gelu(z_hat, params, f"{prefix}.0")  # (B, zh, zw, 4e) -> (B, zh, zw, 5e)
+    x = pixel_shuffle(_conv_gelu(x, params, f"{prefix}.2.0"), 2)  # -> (B, 2zh, 2zw, 6e); GELU commutes with the shuffle
+    x = _conv_gelu(x, params, f"{prefix}.4")  # -> (B, 2zh, 2zw, 7e)
+    x = pixel_shuffle(_conv_gelu(x, params, f"{prefix}.6.0"), 2)  # -> (B, 4zh, 4zw, 8e)
     return _conv(x, params, f"{prefix}.8")  # -> (B, 4zh, 4zw, M)
 
 
@@ -121,8 +126,6 @@ def slice_network(x, params, prefix):
 
     Args: x (B, h, w, Cin) support; prefix e.g. "cc_mean_transforms.3". Returns: (B, h, w, S).
     """
-    for j in range(5):
-        if j:
-            x = gelu(x)
-        x = _conv(x, params, f"{prefix}.{2 * j}")  # (B, h, w, c) -> (B, h, w, c')
-    return x
+    for j in range(4):
+        x = _conv_gelu(x, params, f"{prefix}.{2 * j}")  # (B, h, w, c) -> (B, h, w, c')
+    return _conv(x, params, f"{prefix}.8")  # -> (B, h, w, S)
