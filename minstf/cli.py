@@ -86,7 +86,7 @@ class _naming:
 # --- reading and writing files -------------------------------------------------------
 
 def _stdin():
-    stream = click.get_binary_stream("stdin")
+    stream = sys.stdin.buffer
     if stream.isatty():
         raise BadInput("refusing to read binary data from a terminal: pipe it in, or give a file name")
     return stream
@@ -133,7 +133,7 @@ def _same_file(a, b):
 def _check_output(out, force, inputs=(), suffix=None):
     """Refuse an output before any work is done (write_output checks again)."""
     if out == "-":
-        if click.get_binary_stream("stdout").isatty():
+        if sys.stdout.buffer.isatty():
             raise BadInput("refusing to write binary data to a terminal: use -o FILE, or redirect stdout")
         return
     for src in inputs:
@@ -158,7 +158,7 @@ def _is_regular_or_missing(path):
 def write_output(out, data, force):
     """Write bytes to `out` (`-`: stdout) through a temporary file and a rename."""
     if out == "-":
-        stream = click.get_binary_stream("stdout")
+        stream = sys.stdout.buffer
         stream.write(data)
         stream.flush()
         return
