@@ -146,6 +146,60 @@ def parallel_ranges(kernel, rows, row_elements, block=BLOCK_ELEMENTS, host=True)
                 h.result()
 
 
+# --- threads over independent blocks of work ----------------------------------------
+# A NumPy kernel made of many short ufunc calls gains little from a second thread:
+# every call needs the GIL, and two threads hand it back and forth. Whole blocks of
+# a layer (LayerNorm, two matrix products and a GELU on a block of tokens) do gain:
+# while one thread is inside a matrix product (no GIL, milliseconds), the other runs
+# its elementwise passes. BLAS is held to one thread meanwhile, else its own threads
+# and ours would fight over the cores; that needs threadpoolctl. Without it (or on
+# CuPy) the blocks run one after the other, with BLAS using its own threads.
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # optional: pip install threadpoolctl
+    ThreadpoolController = None
+_blas = None
+
+
+def _blas_limited_to_one_thread():
+    """A context manager that holds BLAS to one thread, or None when that is not possible."""
+    global _blas
+    if ThreadpoolController is None:
+        return None
+    if _blas is None:
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def parallel_blocks(work, blocks, host=True):
+    """Call `work(*block)` for every block (independent pieces of work: disjoint outputs), on all
+    cores with BLAS held to one thread when possible, else in order in this thread."""
+    blocks = list(blocks)
+    threads = min(num_threads(), len(blocks))
+    nested = getattr(_inside, "flag", False)
+    limit = _blas_limited_to_one_thread() if host and threads > 1 and not nested else None
+    if limit is None:
+        for block in blocks:
+            work(*block)
+        return
+    taken = itertools.count()
+
+    def worker():
+        while (i := next(taken)) < len(blocks):  # whoever is free takes the next block
+            work(*blocks[i])
+
+    with limit:
+        _inside.flag = True  # parallel_rows inside a block runs in its own thread
+        helpers = [_executor().submit(worker) for _ in range(threads - 1)]
+        try:
+            worker()
+        finally:
+            _inside.flag = False
+            for h in helpers:
+                if not h.cancel():
+                    h.result()
+
+
 def on_host(array):
     """True for a NumPy array (the host), False for CuPy."""
     return xp_of(array) is np

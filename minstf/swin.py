@@ -12,7 +12,7 @@ from functools import lru_cache, partial
 
 import numpy as np
 
-from .backend import parallel_rows, row_blocks, to_device, xp_of
+from .backend import on_host, parallel_blocks, parallel_rows, row_blocks, to_device, xp_of
 from .ops import add, conv2d, gelu, layer_norm, linear, pixel_shuffle, softmax_inplace
 
 
@@ -103,13 +103,15 @@ def window_attention(x, params, prefix, num_heads, mask=None):
         mask = mask.reshape(B_, N, N)  # (B_, N_k, N_q): the mask of each window, keys first
     pos_bias = relative_position_bias(params, prefix, int(round(N ** 0.5)))  # (nH, N_q, N_k)
     kernel = partial(_attend, qkv_bias=p("qkv.bias"), pos_bias=xp.ascontiguousarray(pos_bias.transpose(2, 0, 1)))
-    groups = row_blocks(B_, N * 3 * C)  # [(first window, count)], qkv of a group ~16 MB
     out = xp.empty((B_, N, C), dtype=x.dtype)
-    heads = xp.empty((groups[0][1], N, nH, hd), dtype=x.dtype)  # attention output of a group, reused
-    for w0, n in groups:
+
+    def group(w0, n):  # windows w0 .. w0+n-1
         qkv = linear(x[w0:w0 + n], p("qkv.weight"))  # (n, N, 3C); the bias is added in _attend
-        parallel_rows(kernel, heads[:n], qkv, *([] if mask is None else [mask[w0:w0 + n]]), block=1 << 17)
-        linear(heads[:n].reshape(n, N, C), p("proj.weight"), p("proj.bias"), out=out[w0:w0 + n])
+        heads = xp.empty((n, N, nH, hd), dtype=x.dtype)
+        parallel_rows(kernel, heads, qkv, *([] if mask is None else [mask[w0:w0 + n]]), block=1 << 17)
+        linear(heads.reshape(n, N, C), p("proj.weight"), p("proj.bias"), out=out[w0:w0 + n])
+
+    parallel_blocks(group, row_blocks(B_, N * 3 * C, block_elements=1 << 21), on_host(x))  # qkv ~8 MB a group
     return out
 
 
@@ -141,12 +143,16 @@ def mlp_residual(x, params, prefix):
     p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
     x = xp_of(x).ascontiguousarray(x)
     rows = x.reshape(-1, x.shape[-1])  # (B*L, C), a view
-    for lo, n in row_blocks(rows.shape[0], p("mlp.fc1.weight").shape[0]):  # hidden of a block ~16 MB
+
+    def block(lo, n):  # tokens lo .. lo+n-1
         r = rows[lo:lo + n]
         h = linear(layer_norm(r, p("norm2.weight"), p("norm2.bias")), p("mlp.fc1.weight"))  # (n, C) -> (n, 4C)
         h = gelu(h, bias=p("mlp.fc1.bias"), out=h)  # GELU(h + b1), in place
         h = linear(h, p("mlp.fc2.weight"))  # (n, 4C) -> (n, C)
         add(r, h, p("mlp.fc2.bias"), out=r)  # r + h + b2
+
+    parallel_blocks(block, row_blocks(rows.shape[0], p("mlp.fc1.weight").shape[0], block_elements=1 << 21),
+                    on_host(x))  # the hidden activations of a block: ~8 MB
     return x
 
 

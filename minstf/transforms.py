@@ -16,7 +16,7 @@ file; `enc{i}_blk{b}`, `enc{i}_out`, `dec{i}_blk{b}`, `dec{i}_out` as tokens
 (golden `attn_mask_64x96` = `enc0_mask` and `attn_mask_8x12` = `enc3_mask` of
 input A, `b_enc_mask_layer0` = `enc0_mask` of input B).
 """
-from .backend import derived, row_blocks, xp_of
+from .backend import derived, on_host, parallel_blocks, row_blocks, xp_of
 from .ops import conv2d, gelu, pixel_shuffle
 from .swin import basic_layer, patch_embed
 
@@ -81,9 +81,12 @@ def end_conv(x, params, config):
     b0 = params["end_conv.0.bias"].reshape(e, p * p).T.reshape(-1)
     x = xp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))  # (B, h+k-1, w+k-1, e)
     shuffled = xp.empty((B, p * h, p * w, e), dtype=x.dtype)
-    for h0, n in row_blocks(h, w * p * p * e, block_elements=1 << 21):
-        band = conv2d(x[:, h0:h0 + n + k - 1], w0, b0)  # 5x5 on rows h0..h0+n-1: (B, n, w, p*p*e)
-        pixel_shuffle(band, p, out=shuffled[:, p * h0:p * (h0 + n)], channel_order="ijc")  # -> (B, p*n, p*w, e)
+
+    def band(h0, n):  # 5x5 on rows h0..h0+n-1: (B, n, w, p*p*e), shuffled to (B, p*n, p*w, e)
+        pixel_shuffle(conv2d(x[:, h0:h0 + n + k - 1], w0, b0), p, out=shuffled[:, p * h0:p * (h0 + n)],
+                      channel_order="ijc")
+
+    parallel_blocks(band, row_blocks(h, w * p * p * e, block_elements=1 << 20), on_host(x))
     w2 = params["end_conv.2.weight"]
     return conv2d(shuffled, w2, params["end_conv.2.bias"], padding=w2.shape[-1] // 2)  # 3x3: -> (B, p*h, p*w, 3)
 
