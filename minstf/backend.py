@@ -200,6 +200,14 @@ def parallel_blocks(work, blocks, host=True):
                     h.result()
 
 
+def matmul_into(a, b, out):
+    """out[...] = a @ b; NumPy writes straight into `out` (any strides), CuPy through a temporary."""
+    if on_host(out):
+        return np.matmul(a, b, out=out)
+    out[...] = a @ b
+    return out
+
+
 def on_host(array):
     """True for a NumPy array (the host), False for CuPy."""
     return xp_of(array) is np

@@ -43,7 +43,6 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -364,12 +363,18 @@ class _Worker:
         return json.loads(line)
 
     def run(self, mode, stage):
-        self.proc.stdin.write(f"{mode} {stage}\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(f"{mode} {stage}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError(f"benchmark worker for {self.side} died (exit {self.proc.wait()})") from None
         return self._reply(self.side)
 
     def close(self):
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
         self.proc.wait()
 
 

@@ -28,7 +28,7 @@ same kernels run once on the whole array.
 import math
 from functools import partial
 
-from .backend import derived, erf, on_host, parallel_ranges, parallel_rows, row_blocks, xp_of
+from .backend import derived, erf, matmul_into, on_host, parallel_ranges, parallel_rows, row_blocks, xp_of
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
@@ -39,10 +39,12 @@ def linear(x, weight, bias=None, out=None):
     Args: x (..., in); weight (out, in); bias (out,) or None; out: C-contiguous (..., out) or None.
     Returns: (..., out).
     """
-    xp = xp_of(x)
     lead = x.shape[:-1]
-    y = None if out is None else _rows_of(out, weight.shape[0])
-    y = xp.matmul(x.reshape(-1, x.shape[-1]), weight.T, out=y)  # (..., in) -> (rows, out): one GEMM
+    x2 = x.reshape(-1, x.shape[-1])  # (..., in) -> (rows, in)
+    if out is None:
+        y = x2 @ weight.T  # (rows, out): one GEMM
+    else:
+        y = matmul_into(x2, weight.T, _rows_of(out, weight.shape[0]))
     if bias is not None:
         add(y, bias, out=y)
     return y.reshape(*lead, weight.shape[0])  # (rows, out) -> (..., out)
@@ -179,7 +181,7 @@ def _conv_im2col(x, weight, bias, out):
         cols = xp.empty((n, Wo, k * k * Cin), dtype=x.dtype)  # (n, Wo, k*k*Cin)
         parallel_rows(partial(_side_by_side, k=k), cols, *[x[h0 + dy:h0 + dy + n] for dy in range(k)])
         o = out[h0:h0 + n].reshape(n * Wo, O)
-        xp.matmul(cols.reshape(n * Wo, -1), w, out=o)
+        matmul_into(cols.reshape(n * Wo, -1), w, o)
         if bias is not None:
             add(o, bias, out=o)
 

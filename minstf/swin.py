@@ -12,7 +12,7 @@ from functools import lru_cache, partial
 
 import numpy as np
 
-from .backend import on_host, parallel_blocks, parallel_rows, row_blocks, to_device, xp_of
+from .backend import matmul_into, on_host, parallel_blocks, parallel_rows, row_blocks, to_device, xp_of
 from .ops import add, conv2d, gelu, layer_norm, linear, pixel_shuffle, softmax_inplace
 
 
@@ -128,13 +128,13 @@ def _attend(out, qkv, mask=None, *, qkv_bias, pos_bias):
     qkv += qkv_bias  # in place, (3C,) on every token
     q, k, v = (qkv.reshape(b, N, 3, nH, hd)[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (b, nH, N, hd)
     scores = xp.empty((N, b, nH, N), dtype=qkv.dtype)  # [key m, window, head, query n]
-    xp.matmul(k, q.swapaxes(-1, -2), out=scores.transpose(1, 2, 0, 3))  # (b, nH, m, n) = k_m . q_n
+    matmul_into(k, q.swapaxes(-1, -2), scores.transpose(1, 2, 0, 3))  # (b, nH, m, n) = k_m . q_n
     scores *= qkv.dtype.type(hd ** -0.5)
     scores += pos_bias[:, None]  # (N_k, 1, nH, N_q)
     if mask is not None:
         scores += mask.transpose(1, 0, 2)[:, :, None]  # (N_k, b, 1, N_q)
     softmax_inplace(scores.reshape(N, -1), axis=0)  # over the keys
-    xp.matmul(scores.transpose(1, 2, 3, 0), v, out=out.transpose(0, 2, 1, 3))  # (b, nH, n, hd) = sum_m p v_m
+    matmul_into(scores.transpose(1, 2, 3, 0), v, out.transpose(0, 2, 1, 3))  # (b, nH, n, hd) = sum_m p v_m
 
 
 def mlp_residual(x, params, prefix):
