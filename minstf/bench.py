@@ -318,9 +318,12 @@ class _Side:
             self.info = {"threads": torch.get_num_threads(), "threads_how": "torch.set_num_threads",
                          "version": torch.__version__}
         else:
+            from . import backend
             self.table = _minstf_side(config, x, modes)
             n, how = blas_threads()
-            self.info = {"threads": n, "threads_how": how, "version": np.__version__}
+            self.info = {"threads": n, "threads_how": how, "version": np.__version__,
+                         "host_threads": backend.num_threads(),
+                         "blocks_threaded": backend.ThreadpoolController is not None}
         for mode in modes:  # warm-up, excluded: one compress and one decompress per mode
             self.table[mode]["compress"]()
             self.table[mode]["decompress"]()
@@ -441,29 +444,32 @@ def format_table(result):
              f"after one warm-up compress+decompress, sides alternating stage by stage",
              f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after "
              f"(1-min; {os.cpu_count()} CPUs)",
-             f"minstf: NumPy {np_['version']}, BLAS threads {np_['threads']} ({np_['threads_how']})"]
+             f"minstf: NumPy {np_['version']}, BLAS threads {np_['threads']} ({np_['threads_how']}), "
+             f"{np_['host_threads']} host threads, blocks of a layer on them: "
+             f"{'yes (BLAS held to 1 thread by threadpoolctl)' if np_['blocks_threaded'] else 'no (no threadpoolctl)'}"]
     if th:
         lines.append(f"torch:  {th['version']}, {th['threads']} threads ({th['threads_how']}), eval, no_grad")
     lines.append(f"memory: {np_['memory_method']}; max over runs")
     lines.append("cpu s: CPU time of the process (all threads; spinning BLAS/OpenMP threads count too)")
+    lines.append("ratios minstf/torch: time x of the medians, min x of the fastest runs (the least disturbed)")
     head = f"{'mode':<9}{'stage':<17}{'minstf s':>9}{'cpu s':>7}{'MB':>6}"
     if th:
-        head += f"{'torch s':>9}{'cpu s':>7}{'MB':>6}{'time x':>8}{'cpu x':>7}{'mem x':>7}"
+        head += f"{'torch s':>9}{'cpu s':>7}{'MB':>6}{'time x':>8}{'min x':>7}{'cpu x':>7}{'mem x':>7}"
     lines += ["", head, "-" * len(head)]
     for mode, stages in np_["figures"].items():
         for stage, f in stages.items():
-            g = th["figures"][mode][stage] if th else None
-            rows = [(stage, f["median_s"], f["cpu_s"], f["peak_mb"], g and g["median_s"], g and g["cpu_s"],
-                     g and g["peak_mb"])]
+            g = th["figures"][mode][stage] if th else {}
+            rows = [(stage, f["median_s"], f["min_s"], f["cpu_s"], f["peak_mb"],
+                     g.get("median_s"), g.get("min_s"), g.get("cpu_s"), g.get("peak_mb"))]
             if stage in ("compress", "decompress"):
-                rows += [("  network", f["median_s"] - f["coding_s"], None, None,
-                          g and g["median_s"] - g["coding_s"], None, None),
-                         ("  entropy coding", f["coding_s"], None, None, g and g["coding_s"], None, None)]
-            for name, s, cpu, mb, ts, tcpu, tmb in rows:
+                rows += [("  network", f["median_s"] - f["coding_s"], None, None, None,
+                          g and g["median_s"] - g["coding_s"], None, None, None),
+                         ("  entropy coding", f["coding_s"], None, None, None, g.get("coding_s"), None, None, None)]
+            for name, s, smin, cpu, mb, ts, tmin, tcpu, tmb in rows:
                 line = f"{mode:<9}{name:<17}{s:>9.3f}{_num(cpu, 7, 2)}{_num(mb, 6, 0)}"
                 if th:
                     line += (f"{ts:>9.3f}{_num(tcpu, 7, 2)}{_num(tmb, 6, 0)}{s / ts:>8.2f}"
-                             f"{_ratio(cpu, tcpu)}{_ratio(mb, tmb)}")
+                             f"{_ratio(smin, tmin)}{_ratio(cpu, tcpu)}{_ratio(mb, tmb)}")
                 lines.append(line)
     return "\n".join(lines)
 
