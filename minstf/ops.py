@@ -100,7 +100,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         return linear(cols, w.T, bias)  # (B, Ho, Wo, O)
     x = xp.ascontiguousarray(x)
     out = xp.empty((B, Ho, Wo, O), dtype=x.dtype)
-    if O <= Cin:  # fewer bytes moved: Y has k*k*O values a pixel, im2col k*k*Cin
+    if O <= Cin:  # fewer bytes moved: Y has k*k*O values a pixel, im2col k*k*Cin (and needs less memory)
         for b in range(B):
             _conv_taps_first(x[b], weight, bias, padding, out[b])  # (H, W, Cin) -> (Ho, Wo, O)
     else:
@@ -122,44 +122,47 @@ def _im2col_matrix(weight):
 
 
 def _conv_taps_first(x, weight, bias, p, out):
-    """One image, all taps in one product, then the shifted sums; by blocks of output rows.
+    """One image, one product per row of taps, then the shifted sums; by blocks of output rows.
 
-    Y = x @ (Cin, k*k*O), on the pixels of the image only (no padding): Y[i, j] holds,
-    in columns [t*O, (t+1)*O), the contribution of input pixel (i, j) through tap
-    t = (dy, dx) to output pixel (i - dy + p, j - dx + p); taps that would read the
-    zero padding are simply left out of the sums.
+    Y_dy = x @ (Cin, k*O), on the pixels of the image only (no padding): Y_dy[i, j] holds,
+    in columns [dx*O, (dx+1)*O), the contribution of input pixel (i, j) through tap
+    (dy, dx) to output pixel (i - dy + p, j - dx + p); taps that would read the zero
+    padding are simply left out of the sums. One row of taps at a time keeps Y small.
     Args: x (H, W, Cin); p the padding; out (Ho, Wo, O).
     """
     H, W, Cin = x.shape
     Ho, Wo, O = out.shape
     k = weight.shape[-1]
-    w = derived(weight, "taps first", _taps_first_matrix)  # (Cin, k*k*O)
-    for h0, n in row_blocks(Ho, W * k * k * O, overlap=k - 1):
+    w = derived(weight, "taps first", _taps_first_matrix)  # (Cin, k*k*O), columns (dy, dx, o)
+    same = k % 2 == 1 and p == k // 2  # then the centre tap covers every output pixel: it goes first
+    rows_of_taps = [p] + [dy for dy in range(k) if dy != p] if same else list(range(k))
+    for h0, n in row_blocks(Ho, W * k * O, overlap=k - 1):
         r0, r1 = max(0, h0 - p), min(H, h0 + n + k - 1 - p)  # the input rows these outputs read
-        y = (x[r0:r1].reshape(-1, Cin) @ w).reshape(r1 - r0, W, k * k * O)  # (rows, W, k*k*O)
-        kernel = partial(_sum_taps, out=out, y=y, y_row0=r0, p=p, k=k, bias=bias)
-        parallel_ranges(lambda lo, hi: kernel(h0 + lo, h0 + hi), n, Wo * O, block=1 << 17)
+        xr = x[r0:r1].reshape(-1, Cin)
+        for g, dy in enumerate(rows_of_taps):
+            y = (xr @ w[:, dy * k * O:(dy + 1) * k * O]).reshape(r1 - r0, W, k * O)  # taps (dy, 0..k-1)
+            kernel = partial(_sum_taps, out=out, y=y, y_row0=r0, p=p, dy=dy, k=k,
+                             bias=bias if g == 0 else None, first=g == 0, same=same)
+            parallel_ranges(lambda lo, hi: kernel(h0 + lo, h0 + hi), n, Wo * O, block=1 << 17)
 
 
-def _sum_taps(lo, hi, out, y, y_row0, p, k, bias):
-    """Output rows [lo, hi) of a taps-first convolution: the k*k shifted, clipped views of Y, + bias."""
+def _sum_taps(lo, hi, out, y, y_row0, p, dy, k, bias, first, same):
+    """Output rows [lo, hi) += the k shifted, clipped views of Y_dy (the first row of taps sets them)."""
     Ho, Wo, O = out.shape
     rows, W, _ = y.shape
-    taps = [(dy, dx) for dy in range(k) for dx in range(k)]
-    same = k % 2 == 1 and p == k // 2  # then the centre tap covers every output pixel: it goes first
-    if same:
-        taps.remove((p, p))
-        taps.insert(0, (p, p))
-    else:
+    taps = list(range(k))
+    if first and same:
+        taps.remove(p)
+        taps.insert(0, p)
+    elif first:
         out[lo:hi] = 0
-    for n, (dy, dx) in enumerate(taps):
-        # output pixel (i, j) reads Y[i + dy - p - y_row0, j + dx - p], where that lies inside Y
-        i0, i1 = max(lo, y_row0 + p - dy), min(hi, y_row0 + rows + p - dy)
+    # output pixel (i, j) reads Y[i + dy - p - y_row0, j + dx - p], where that lies inside Y
+    i0, i1 = max(lo, y_row0 + p - dy), min(hi, y_row0 + rows + p - dy)
+    for n, dx in enumerate(taps):
         j0, j1 = max(0, p - dx), min(Wo, W + p - dx)
         if i0 < i1 and j0 < j1:
-            t = dy * k + dx
-            view = y[i0 + dy - p - y_row0:i1 + dy - p - y_row0, j0 + dx - p:j1 + dx - p, t * O:(t + 1) * O]
-            if n == 0 and same:
+            view = y[i0 + dy - p - y_row0:i1 + dy - p - y_row0, j0 + dx - p:j1 + dx - p, dx * O:(dx + 1) * O]
+            if first and same and n == 0:
                 out[i0:i1, j0:j1] = view
             else:
                 out[i0:i1, j0:j1] += view
