@@ -90,29 +90,44 @@ def window_attention(x, params, prefix, num_heads, mask=None):
 
     Args: x (B_, N, C) windows; mask (nW, N, N) or None, with B_ = B*nW.
     Returns: (B_, N, C).
-    Runs by groups of windows, so that qkv (3 values per output value) stays small:
-    qkv product, attention (`_attend`, in cache-sized blocks on all cores), proj product.
+    Runs by groups of windows (`_attention_of_group`), on all cores where possible.
     """
     xp = xp_of(x)
     B_, N, C = x.shape
-    nH, hd = num_heads, C // num_heads
+    attend = _group_attention(params, prefix, num_heads, N, B_, mask, xp)
+    out = xp.empty((B_, N, C), dtype=x.dtype)
+    parallel_blocks(lambda w0, n: attend(x[w0:w0 + n], w0, out[w0:w0 + n]), _window_groups(B_, N, C), on_host(x))
+    return out
+
+
+def _window_groups(B_, N, C):
+    """[(first window, count)]: groups whose qkv (3C values a token) holds ~8 MB."""
+    return row_blocks(B_, N * 3 * C, block_elements=1 << 21)
+
+
+def _group_attention(params, prefix, num_heads, N, B_, mask, xp):
+    """attend(windows, w0, out): attention of the windows w0.. of a group, (n, N, C) -> out (n, N, C).
+
+    qkv product, the attention itself (`_attend`, in cache-sized blocks), proj product.
+    """
     p = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
+    C = p("proj.weight").shape[0]
+    nH, hd = num_heads, C // num_heads
     if mask is not None:
         nW = mask.shape[0]
         mask = xp.ascontiguousarray(xp.broadcast_to(mask.swapaxes(-1, -2), (B_ // nW, nW, N, N)))
         mask = mask.reshape(B_, N, N)  # (B_, N_k, N_q): the mask of each window, keys first
     pos_bias = relative_position_bias(params, prefix, int(round(N ** 0.5)))  # (nH, N_q, N_k)
     kernel = partial(_attend, qkv_bias=p("qkv.bias"), pos_bias=xp.ascontiguousarray(pos_bias.transpose(2, 0, 1)))
-    out = xp.empty((B_, N, C), dtype=x.dtype)
 
-    def group(w0, n):  # windows w0 .. w0+n-1
-        qkv = linear(x[w0:w0 + n], p("qkv.weight"))  # (n, N, 3C); the bias is added in _attend
-        heads = xp.empty((n, N, nH, hd), dtype=x.dtype)
+    def attend(windows, w0, out):
+        n = windows.shape[0]
+        qkv = linear(windows, p("qkv.weight"))  # (n, N, 3C); the bias is added in _attend
+        heads = xp.empty((n, N, nH, hd), dtype=windows.dtype)
         parallel_rows(kernel, heads, qkv, *([] if mask is None else [mask[w0:w0 + n]]), block=1 << 17)
-        linear(heads.reshape(n, N, C), p("proj.weight"), p("proj.bias"), out=out[w0:w0 + n])
+        linear(heads.reshape(n, N, C), p("proj.weight"), p("proj.bias"), out=out)
 
-    parallel_blocks(group, row_blocks(B_, N * 3 * C, block_elements=1 << 21), on_host(x))  # qkv ~8 MB a group
-    return out
+    return attend
 
 
 def _attend(out, qkv, mask=None, *, qkv_bias, pos_bias):
@@ -156,29 +171,55 @@ def mlp_residual(x, params, prefix):
     return x
 
 
+@lru_cache(maxsize=64)
+def window_token_index(H, W, ws, shift, xp=np):
+    """(nW, N) int64: the token (h*W + w) at each place of each window of the map rolled by
+    -shift, in window_partition order; -1 where the place is padding (Hp, Wp > H, W).
+
+    Gathering tokens by this index does pad + roll + window_partition in one copy, and
+    writing back through it does window_reverse + roll back + crop (STF.md §2.2-2.5).
+    """
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    r = (xp.arange(Hp) + shift) % Hp  # rolled row i shows row (i + shift) mod Hp
+    c = (xp.arange(Wp) + shift) % Wp
+    token = xp.where((r[:, None] < H) & (c[None, :] < W), r[:, None] * W + c[None, :], -1)  # (Hp, Wp)
+    return window_partition(token[None, :, :, None], ws)[..., 0]  # (1, Hp, Wp, 1) -> (nW, N)
+
+
 def swin_block(x, H, W, params, prefix, num_heads, ws, shift=0, mask=None):
     """One Swin block: (shifted) window attention and an MLP, each with a residual (STF.md §2.6).
 
     Args: x tokens (B, H*W, C); shift 0 or ws//2; mask (nW, N, N) when shift > 0.
     Returns: tokens (B, H*W, C), a new array.
+    By groups of windows, on all cores where possible: gather the group's tokens
+    (`window_token_index`: padding, shift and partition in one copy), LayerNorm,
+    attention, and write token + attention back to each token's place.
     """
     xp = xp_of(x)
     B, L, C = x.shape
-    h = layer_norm(x, params[f"{prefix}.norm1.weight"], params[f"{prefix}.norm1.bias"])
-    h = h.reshape(B, H, W, C)  # (B, L, C) -> (B, H, W, C)
-    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-    if (Hp, Wp) != (H, W):  # zero padding after the LayerNorm: padded tokens are exact zeros
-        h = xp.pad(h, ((0, 0), (0, Hp - H), (0, Wp - W), (0, 0)))  # -> (B, Hp, Wp, C)
-    if shift:
-        h = xp.roll(h, (-shift, -shift), axis=(1, 2))
-    h = window_partition(h, ws)  # (B, Hp, Wp, C) -> (B*nW, N, C)
-    h = window_attention(h, params, f"{prefix}.attn", num_heads, mask if shift else None)
-    h = window_reverse(h, ws, Hp, Wp)  # (B*nW, N, C) -> (B, Hp, Wp, C)
-    if shift:
-        h = xp.roll(h, (shift, shift), axis=(1, 2))
-    h = h[:, :H, :W].reshape(B, L, C)  # crop, (B, Hp, Wp, C) -> (B, L, C)
-    x = add(x, h)  # a new array: the caller's x is left as it was
-    return mlp_residual(x, params, prefix)
+    index = window_token_index(H, W, ws, shift, xp)  # (nW, N)
+    nW, N = index.shape
+    padded = H % ws != 0 or W % ws != 0
+    index = xp.where(index < 0, -1, index + L * xp.arange(B)[:, None, None]).reshape(B * nW, N)  # (B_, N)
+    rows = xp.ascontiguousarray(x).reshape(B * L, C)
+    new = xp.empty_like(rows)  # (B*L, C): x + attention
+    attend = _group_attention(params, f"{prefix}.attn", num_heads, N, B * nW, mask if shift else None, xp)
+
+    def group(w0, n):  # windows w0 .. w0+n-1
+        idx = index[w0:w0 + n]  # (n, N)
+        tokens = rows[xp.maximum(idx, 0)]  # (n, N, C): pad + roll + partition
+        h = layer_norm(tokens, params[f"{prefix}.norm1.weight"], params[f"{prefix}.norm1.bias"])
+        if padded:
+            h[idx < 0] = 0  # zero padding after the LayerNorm: padded tokens are exact zeros
+        attend(h, w0, h)  # (n, N, C), in place
+        h += tokens
+        if padded:
+            new[idx[idx >= 0]] = h[idx >= 0]  # reverse + roll back + crop
+        else:
+            new[idx] = h
+
+    parallel_blocks(group, _window_groups(B * nW, N, C), on_host(x))
+    return mlp_residual(new.reshape(B, L, C), params, prefix)
 
 
 # --- embedding and resampling --------------------------------------------------
