@@ -22,8 +22,9 @@ matrices are made once per weight array (`backend.derived`). Stride 2 (PatchEmbe
 h_a) uses im2col on strided views.
 
 Elementwise work (GELU, LayerNorm, softmax, residual adds) runs on NumPy in
-cache-sized blocks of rows on all cores (`backend.parallel_rows`); on CuPy the
-same kernels run once on the whole array.
+cache-sized blocks of rows (`backend.parallel_rows`: several passes over a block
+while it is in cache, on all cores); on CuPy the same kernels run once on the
+whole array.
 """
 import math
 from functools import partial

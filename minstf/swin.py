@@ -2,8 +2,14 @@
 
 Tokens are `(B, L, C)` with `L = H*W` in row-major order; inside a block they
 are viewed as maps `(B, H, W, C)`, padded to whole windows `(B, Hp, Wp, C)` and
-cut into `nW` windows of `N = ws*ws` tokens. All windows and heads of a stage
-go through attention together as one batch `(B_, nH, N, hd)`, `B_ = B*nW`.
+cut into `nW` windows of `N = ws*ws` tokens, `B_ = B*nW` windows in all.
+
+Speed: a block runs by groups of windows (then by blocks of tokens for the MLP),
+so that the wide intermediates (qkv: 3C, the MLP's 4C) stay a few MB, and the
+groups run on all cores (`backend.parallel_blocks`). A group gathers its tokens
+through `window_token_index`, which does padding, cyclic shift and partition in
+one copy; `window_partition` / `window_reverse` / `shift_attention_mask` say the
+same thing on whole maps.
 
 Weights come from the flat params dict under upstream key names, e.g.
 `params["layers.0.blocks.1.attn.qkv.weight"]`; functions take the key prefix.
