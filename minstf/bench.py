@@ -353,11 +353,16 @@ class _Worker:
     """A side in a subprocess, driven one stage at a time."""
 
     def __init__(self, side, job, env):
+        """Start the worker; it sets up (model, inputs, warm-up) while the caller goes on: see `ready`."""
         job = json.dumps({"side": side, **job})
         self.proc = subprocess.Popen([sys.executable, "-m", "minstf.bench", "--worker", job], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = self._reply(side)
         self.side = side
+
+    def ready(self):
+        """Wait for the end of the set-up; its facts (threads, versions, image) -> self.info."""
+        self.info = self._reply(self.side)
+        return self
 
     def _reply(self, side):
         line = self.proc.stdout.readline()
@@ -405,8 +410,10 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
             env[var] = str(threads)
     job = {"config": config.to_dict(), "size": list(size), "modes": list(modes)}
     workers = {"numpy": _Worker("numpy", {**job, "threads": None}, env)}
-    if torch:
-        workers["torch"] = _Worker("torch", {**job, "threads": threads or workers["numpy"].info["threads"]}, env)
+    if torch:  # set up at the same time as the numpy side; the timed runs never overlap
+        workers["torch"] = _Worker("torch", {**job, "threads": threads or blas_threads()[0]}, env)
+    for worker in workers.values():
+        worker.ready()
     load_before = os.getloadavg()
     runs = [(mode, stage) for mode in modes for stage in STAGES
             if stage in stages and (mode == "float32" or stage in PORTABLE_STAGES)]
