@@ -323,7 +323,7 @@ class _Side:
             n, how = blas_threads()
             self.info = {"threads": n, "threads_how": how, "version": np.__version__,
                          "host_threads": backend.num_threads(),
-                         "blocks_threaded": backend.ThreadpoolController is not None}
+                         "blocks_threaded": backend.ThreadpoolController is not None and backend.num_threads() > 1}
         for mode in modes:  # warm-up, excluded: one compress and one decompress per mode
             self.table[mode]["compress"]()
             self.table[mode]["decompress"]()
@@ -453,7 +453,7 @@ def format_table(result):
              f"(1-min; {os.cpu_count()} CPUs)",
              f"minstf: NumPy {np_['version']}, BLAS threads {np_['threads']} ({np_['threads_how']}), "
              f"{np_['host_threads']} host threads, blocks of a layer on them: "
-             f"{'yes (BLAS held to 1 thread by threadpoolctl)' if np_['blocks_threaded'] else 'no (no threadpoolctl)'}"]
+             f"{'yes (BLAS held to 1 thread by threadpoolctl)' if np_['blocks_threaded'] else 'no'}"]
     if th:
         lines.append(f"torch:  {th['version']}, {th['threads']} threads ({th['threads_how']}), eval, no_grad")
     lines.append(f"memory: {np_['memory_method']}; max over runs")
