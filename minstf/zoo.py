@@ -1,8 +1,9 @@
 """Finding and loading weights: `load_model` and the shipped default weights.
 
 The shipped weights live in the repository's `weights/` folder (see
-weights/README.md), one file per rate point; `quality` picks one. Set
-MINSTF_WEIGHTS_DIR to look elsewhere.
+weights/README.md), one file per rate point; `quality` picks one. An installed
+wheel carries the same files as package data in `minstf/shipped/` (setup.cfg maps
+that package onto `weights/`). Set MINSTF_WEIGHTS_DIR to look elsewhere.
 """
 import os
 from pathlib import Path
@@ -15,9 +16,20 @@ QUALITIES = (1, 2, 3)  # low, medium, high rate
 DEFAULT_QUALITY = 2
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+CANDIDATE_DIRS = (PACKAGE_DIR / "shipped",  # an installed wheel or sdist: package data
+                  PACKAGE_DIR.parent / "weights")  # a checkout (editable install)
+
+
 def weights_dir():
+    """The folder of the shipped weights: $MINSTF_WEIGHTS_DIR, else the first candidate that has them."""
     env = os.environ.get("MINSTF_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    if env:
+        return Path(env)
+    for folder in CANDIDATE_DIRS:
+        if any(folder.glob("stf-small-q*.safetensors")):
+            return folder
+    return CANDIDATE_DIRS[-1]
 
 
 def default_weights(quality=DEFAULT_QUALITY):
