@@ -94,7 +94,7 @@ models = {q: minstf.load_model(quality=q) for q in QUALITIES}
 x = to_float(image)  # (1, 3, H, W); H, W are multiples of 64 here, so no padding
 rd, outs, taps, coded = [], {}, {}, {}
 for q, m in models.items():
-    data, stats = minstf.encode_image(m, image)
+    data, stats = minstf.encode_image(m, image, portable=False)
     decoded, header = minstf.decode_image(m, data)  # uint8 (H, W, 3)
     coded[q] = data, stats, decoded
     taps[q] = {}

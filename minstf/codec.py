@@ -32,8 +32,13 @@ class EncodeStats:
         return 8 * self.payload_bytes / (self.height * self.width)
 
 
-def encode_image(model, image, portable=False):
-    """uint8 (H, W, 3) -> (bytes of a .mstf file, EncodeStats)."""
+def encode_image(model, image, portable=True):
+    """uint8 (H, W, 3) -> (bytes of a .mstf file, EncodeStats).
+
+    portable (the default, as in the CLI): the entropy parameters are computed in float64,
+    so the file decodes on any machine and backend. portable=False computes them in float32
+    (faster; for files decoded where they were made: see README "Determinism").
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype.name != "uint8":
         raise BadInput(f"expected an 8-bit RGB image (H, W, 3), got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
