@@ -126,14 +126,20 @@ def test_mirror_decisions_coded_by_minstf_decode_like_minstf(small_params, monke
 
 # --- planted ties and bugs: the machinery says the right thing --------------------------------
 
-def _nudged(params, config, x, margin=1e-5):
+def _nudged(params, config, x, margin=1e-5, noise_floor=5e-6):
     """Copy of params whose mu moves one of minstf's y decisions across its rounding threshold, `margin`
-    beyond it: the element closest to a tie, via the bias of its slice's last mean conv (which moves
-    the whole channel's mu, by less than mu's tolerance). Returns (params, element, shift)."""
+    beyond it, via the bias of its slice's last mean conv (which moves the whole channel's mu, by less
+    than mu's tolerance). Returns (params, element, shift).
+
+    The element is the one closest to a tie among those at least `noise_floor` from it: float32 noise
+    between two implementations (~1e-6 here) cannot decide it either way, so the mirror (original
+    weights) keeps the original decision and minstf (nudged) takes the other, on every CPU and BLAS."""
     taps = {}
     xc.minstf_model(params, config).forward(x, taps)
     d = (taps["y"] - taps["mu"]).astype(np.float64)  # (1, H4, W4, M)
-    b, h, w, ch = np.unravel_index(np.argmin(np.abs(d % 1.0 - 0.5)), d.shape)
+    distance = np.abs(d % 1.0 - 0.5)  # to the nearest rounding threshold
+    distance[distance < noise_floor] = np.inf  # too close to call: float noise decides those
+    b, h, w, ch = np.unravel_index(np.argmin(distance), d.shape)
     signed = d[b, h, w, ch] % 1.0 - 0.5  # < 0: rounds down now: raise y - mu by |signed| + margin, else lower
     shift = -(abs(signed) + margin) if signed < 0 else abs(signed) + margin  # added to mu
     S = config.slice_channels
