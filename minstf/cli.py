@@ -471,7 +471,7 @@ def eval_(folder, out_dir, qualities, weights, baselines, jpeg_qualities, webp_q
     a table and BD-rates on stdout, CompressAI-style <codec>.json and rd.png in --out."""
     import json
 
-    from . import evaluate as ev
+    from .tooling import evaluate as ev
 
     _verbosity(verbose, quiet)
     if weights and qualities is not None:
@@ -553,8 +553,8 @@ def convert(checkpoint, out, force, name):
 @reports_errors
 def crosscheck_(src, weights, quality, synthetic, seed, pad_to_eval):
     """Compare minstf with the PyTorch mirror stage by stage on IMAGE (needs torch); exit code 1 if any
-    stage or decision is NOT OK. Table, decisions and bpp on stdout (minstf/crosscheck.py)."""
-    from . import crosscheck as xc
+    stage or decision is NOT OK. Table, decisions and bpp on stdout (minstf/tooling/crosscheck.py)."""
+    from .tooling import crosscheck as xc
     from .weights import load_weights
 
     xc.require_torch()

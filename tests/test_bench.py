@@ -1,10 +1,10 @@
-"""Smoke test of the benchmark (minstf.bench) on a tiny configuration and a 64x64 image."""
+"""Smoke test of the benchmark (minstf.tooling.bench) on a tiny configuration and a 64x64 image."""
 import io
 import importlib.util
 
 import numpy as np
 
-from minstf.bench import MODES, PORTABLE_STAGES, STAGES, bench_image, run_benchmark
+from minstf.tooling.bench import MODES, PORTABLE_STAGES, STAGES, bench_image, run_benchmark
 from minstf.config import STFConfig
 
 TINY = STFConfig(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 4), num_slices=4,

@@ -20,7 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import minstf.model  # noqa: E402
-from minstf import crosscheck as xc  # noqa: E402
+from minstf.tooling import crosscheck as xc  # noqa: E402
 from minstf.cli import main  # noqa: E402
 from minstf.config import STFConfig  # noqa: E402
 from minstf.errors import BadInput  # noqa: E402

@@ -1,4 +1,4 @@
-"""Rate-distortion evaluation (evaluate.py, `minstf eval`): BD-rate on hand-computed curves,
+"""Rate-distortion evaluation (tooling/evaluate.py, `minstf eval`): BD-rate on hand-computed curves,
 the Pillow baselines on tiny images, and the command on two small images with the small
 random-weight model of test_codec.py (its numbers mean nothing; the layout does)."""
 import importlib.util
@@ -13,7 +13,7 @@ from PIL import Image, features
 
 from minstf.cli import main
 from minstf.errors import BadInput, MinstfError
-from minstf.evaluate import bd_psnr, bd_rate, evaluate_pillow, image_paths, plot_rd
+from minstf.tooling.evaluate import bd_psnr, bd_rate, evaluate_pillow, image_paths, plot_rd
 
 from test_codec import sample_image, small_weights  # noqa: F401 (a fixture)
 

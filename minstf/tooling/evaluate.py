@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
-from .backend import to_device, to_host
-from .codec import decode_image, encode_image
-from .errors import BadInput, MinstfError
-from .image import crop, eval_padding, ms_ssim, pad, psnr, psnr_uint8, read_image, to_float, to_uint8
+from ..backend import to_device, to_host
+from ..codec import decode_image, encode_image
+from ..errors import BadInput, MinstfError
+from ..image import crop, eval_padding, ms_ssim, pad, psnr, psnr_uint8, read_image, to_float, to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 METRICS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "payload-bpp", "estimated-bpp", "psnr-float",

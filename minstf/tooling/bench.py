@@ -1,8 +1,8 @@
 """Benchmark: minstf (NumPy) against the PyTorch mirror, stage by stage, time and peak memory.
 
-    python -m minstf.bench                       # float32 + portable, minstf only
-    python -m minstf.bench --torch               # ... and the torch mirror, with ratios
-    python -m minstf.bench --torch --repeat 5 --stages g_a,g_s --modes float32
+    python -m minstf.tooling.bench                       # float32 + portable, minstf only
+    python -m minstf.tooling.bench --torch               # ... and the torch mirror, with ratios
+    python -m minstf.tooling.bench --torch --repeat 5 --stages g_a,g_s --modes float32
 
 One 768x512 image (a Kodak photo from ../shared/data/kodak if present, else a
 smooth synthetic one) through the full upstream configuration with the synthetic
@@ -50,7 +50,7 @@ import numpy as np
 STAGES = ("g_a", "h_a", "hyper", "slices", "g_s", "compress", "decompress")
 PORTABLE_STAGES = ("hyper", "slices", "compress", "decompress")  # the stages portable mode changes
 MODES = ("float32", "portable")
-KODAK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kodak"
+KODAK = Path(__file__).resolve().parents[3] / "shared" / "data" / "kodak"
 DEFAULT_SIZE = (768, 512)  # width, height
 
 
@@ -60,7 +60,7 @@ def bench_image(size=DEFAULT_SIZE, kodak=KODAK):
     (top-left crop to `size`), else a smooth synthetic image."""
     W, H = size
     for path in sorted(Path(kodak).glob("kodim*.png")) if Path(kodak).is_dir() else []:
-        from .image import read_image, to_float
+        from ..image import read_image, to_float
         image = read_image(path)  # (h, w, 3) uint8
         if image.shape[0] >= H and image.shape[1] >= W:
             return to_float(np.ascontiguousarray(image[:H, :W])), f"{path.name} (top-left {W}x{H})"
@@ -116,7 +116,7 @@ class CodingClock:
     """Seconds spent inside the entropy coder (minstf.coding), accumulated while enabled."""
 
     def __init__(self):
-        from . import coding
+        from .. import coding
         self.seconds = 0.0
         for cls, names in ((coding.SymbolEncoder, ("add", "finish")),
                            (coding.SymbolDecoder, ("__init__", "read", "at_end"))):
@@ -151,11 +151,11 @@ def blas_threads():
 # --- the two sides ----------------------------------------------------------------
 def _minstf_side(config, x, modes):
     """{mode: {stage: callable}} for minstf (NumPy)."""
-    from .entropy_models import eb_tables, gc_tables
-    from .model import STF
-    from .slices import run_slices, slice_of
-    from .synthetic import recipe_weights
-    from .transforms import g_a, g_s, h_a
+    from ..entropy_models import eb_tables, gc_tables
+    from ..model import STF
+    from ..slices import run_slices, slice_of
+    from ..synthetic import recipe_weights
+    from ..transforms import g_a, g_s, h_a
 
     params = recipe_weights(config)
     eb = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("entropy_bottleneck.")}
@@ -195,10 +195,10 @@ def _torch_side(config, x, modes, threads):
 
     import torch
 
-    from .coding import CdfTable, SymbolDecoder, SymbolEncoder
-    from .entropy_models import eb_tables, gc_tables
-    from .mirror.stf_torch import STFTorch, build_indexes
-    from .synthetic import recipe_weights
+    from ..coding import CdfTable, SymbolDecoder, SymbolEncoder
+    from ..entropy_models import eb_tables, gc_tables
+    from ..mirror.stf_torch import STFTorch, build_indexes
+    from ..synthetic import recipe_weights
 
     torch.set_num_threads(threads)
     params = recipe_weights(config)
@@ -305,7 +305,7 @@ class _Side:
     """One side's stages, set up and warmed up in this (worker) process."""
 
     def __init__(self, side, config_dict, size, modes, threads):
-        from .config import STFConfig
+        from ..config import STFConfig
 
         config = STFConfig.from_dict(config_dict)
         x, image = bench_image(tuple(size))
@@ -318,7 +318,7 @@ class _Side:
             self.info = {"threads": torch.get_num_threads(), "threads_how": "torch.set_num_threads",
                          "version": torch.__version__}
         else:
-            from . import backend
+            from .. import backend
             self.table = _minstf_side(config, x, modes)
             n, how = blas_threads()
             self.info = {"threads": n, "threads_how": how, "version": np.__version__,
@@ -355,7 +355,7 @@ class _Worker:
     def __init__(self, side, job, env):
         """Start the worker; it sets up (model, inputs, warm-up) while the caller goes on: see `ready`."""
         job = json.dumps({"side": side, **job})
-        self.proc = subprocess.Popen([sys.executable, "-m", "minstf.bench", "--worker", job], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "minstf.tooling.bench", "--worker", job], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.side = side
 
@@ -398,7 +398,7 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
     NumPy's own setting, and torch uses the same number.
     Returns {"numpy": {...figures}, "torch": {...} or None, "load_before"/"load_after", ...}.
     """
-    from .config import STFConfig
+    from ..config import STFConfig
 
     config = config or STFConfig()
     unknown = set(stages) - set(STAGES) | set(modes) - set(MODES)
@@ -490,12 +490,12 @@ def _ratio(a, b):
 
 
 def _config_name(d):
-    from .config import STFConfig
+    from ..config import STFConfig
     return "full (upstream)" if STFConfig.from_dict(d) == STFConfig() else f"custom {d}"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minstf.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m minstf.tooling.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch", action="store_true", help="also run the torch mirror and print ratios")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per stage (after a warm-up)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")

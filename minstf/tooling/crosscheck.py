@@ -45,15 +45,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bitstream import symbols_crc
-from .coding import SymbolEncoder
-from .entropy_models import (SCALE_BOUND, SCALE_TABLE, build_indexes, eb_likelihood, eb_tables, gc_likelihood,
+from ..bitstream import symbols_crc
+from ..coding import SymbolEncoder
+from ..entropy_models import (SCALE_BOUND, SCALE_TABLE, build_indexes, eb_likelihood, eb_tables, gc_likelihood,
                              gc_tables)
-from .errors import BadInput, MinstfError
-from .image import eval_padding, pad, to_float
-from .model import STF, Compressed
-from .slices import channel_first_flat, run_slices, slice_of
-from .transforms import g_s, h_mean_s, h_scale_s
+from ..errors import BadInput, MinstfError
+from ..image import eval_padding, pad, to_float
+from ..model import STF, Compressed
+from ..slices import channel_first_flat, run_slices, slice_of
+from ..transforms import g_s, h_mean_s, h_scale_s
 
 ATOL = 1e-4             # on unit-scale tensors; relative (x max|ref|) on larger ones
 LIK_ATOL = 1e-4         # likelihoods (probabilities), absolute
@@ -72,7 +72,7 @@ class TorchMissing(MinstfError):
 def require_torch():
     """Import the mirror and torch, or raise TorchMissing with the install line."""
     try:
-        from .mirror import stf_torch  # noqa: F401 (sets the OpenMP wait policy before torch loads)
+        from ..mirror import stf_torch  # noqa: F401 (sets the OpenMP wait policy before torch loads)
         import torch
     except ImportError as e:
         if (e.name or "").split(".")[0] != "torch":
@@ -88,7 +88,7 @@ def synthetic_params(config, seed=0):
     every tensor moved by 0.5 of its own standard deviation of seeded Gaussian noise (a different,
     equally well-scaled network). The entropy bottleneck's quantiles stay as drawn (they must stay
     ordered)."""
-    from .synthetic import recipe_weights
+    from ..synthetic import recipe_weights
 
     params = recipe_weights(config)
     if seed == 0:
@@ -307,7 +307,7 @@ def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_tea
     Returns a CrossCheck (`.ok`, rows, decisions, bpp); `format_report` prints it.
     """
     torch = require_torch()
-    from .mirror.stf_torch import STFTorch
+    from ..mirror.stf_torch import STFTorch
 
     x = np.ascontiguousarray(x_nchw, dtype=np.float32)
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != config.in_chans:
