@@ -28,15 +28,19 @@ notice when decoding went wrong, is in the header. All integers are little-endia
     57+n+4S       4     u32       CRC32 of the header bytes [0, 57+n+4S)
     61+n+4S       -     bytes     z payload, then y payload; the file ends exactly there
 
-`unpack` checks, in this order and before anything large is allocated or decoded:
-magic, version, the header's own length, header CRC, flags, model id, image size
-limits, padding, payload lengths against the bytes actually present, payload CRC.
+`unpack` (bytes) and `read` (a file or pipe) check, in this order and before anything
+large is allocated, read or decoded: magic, version, the header's own length, header
+CRC, flags, model id, image size limits, padding, payload lengths against the bytes
+actually present, payload CRC. `read` takes only the header, then exactly the declared
+payload and one byte more: trailing data is refused without reading it.
 Every failure is a `CorruptFile` with a one-line message. So a damaged file is
 reported as damaged, and the symbol CRCs, checked by the decoder
 (`check_symbols`), catch what is left: a decoder whose entropy parameters drifted
 from the encoder's (other machine, other backend) stops with `DecoderMismatch`
 instead of returning a wrong image. The weights fingerprint is checked with `check_weights`.
 """
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -133,15 +137,68 @@ def pack(header, z_bytes, y_bytes, multiple=64):
 def unpack(data, limits=Limits(), multiple=64):
     """The bytes of a .mstf file -> (Header, z_bytes, y_bytes), everything validated."""
     data = bytes(data)
-    got = len(data)
-    if got == 0:
+    header, header_len, z_len, y_len, payload_crc = _parse_header(_Prefix(data), limits, multiple)
+    _check_length(len(data), header_len + z_len + y_len)
+    if zlib.crc32(data[header_len:]) != payload_crc:
+        raise CorruptFile("payload checksum mismatch (the file is damaged)")
+    return header, data[header_len:header_len + z_len], data[header_len + z_len:]
+
+
+def read(stream, limits=Limits(), multiple=64):
+    """A .mstf file from a binary stream (file or pipe) -> (Header, z_bytes, y_bytes).
+
+    The header is read and checked first; then exactly the payload it declares, and at
+    most one byte more (to notice trailing data). A regular file's size is compared with
+    the declared length before any of the payload is read, so a huge or sparse file is
+    refused without reading it; a pipe is read in chunks, never with one allocation of
+    the declared size.
+    """
+    return unpack(read_bytes(stream, limits, multiple), limits, multiple)
+
+
+def read_bytes(stream, limits=Limits(), multiple=64):
+    """The bytes of a .mstf file read from `stream` as `read` does (header and lengths
+    checked on the way; the payload CRC is left to `unpack`)."""
+    size = _regular_file_size(stream)
+    prefix = _Prefix(b"", stream)
+    _, header_len, z_len, y_len, _ = _parse_header(prefix, limits, multiple)
+    total = header_len + z_len + y_len
+    if size is not None:
+        _check_length(size, total)
+    rest = _read_upto(stream, total - header_len + 1)
+    _check_length(header_len + len(rest), total, exact=size is not None)
+    return bytes(prefix.data) + rest
+
+
+class _Prefix:
+    """The first bytes of a file: all of them (bytes), or read from a stream as far as asked."""
+
+    def __init__(self, data, stream=None):
+        self.data, self.stream = data, stream
+
+    def peek(self, size):
+        """Up to `size` bytes (fewer at the end of the file)."""
+        if len(self.data) < size and self.stream is not None:
+            self.data += _read_upto(self.stream, size - len(self.data))
+        return self.data[:size]
+
+    def need(self, size):
+        if len(self.peek(size)) < size:
+            raise CorruptFile(f"truncated: expected at least {size} bytes, got {len(self.data)}")
+        return self.data
+
+
+def _parse_header(prefix, limits, multiple):
+    """Check the header of the file whose first bytes `prefix` gives, field by field in the
+    order of the table -> (Header, header length, z length, y length, payload CRC)."""
+    start = prefix.peek(len(MAGIC))
+    if not start:
         raise CorruptFile("empty file (not a .mstf file)")
-    if not data.startswith(MAGIC):
-        if MAGIC.startswith(data):
-            raise CorruptFile(f"truncated: expected at least {_PREFIX.size} bytes, got {got}")
+    if start != MAGIC:
+        if MAGIC.startswith(start):
+            raise CorruptFile(f"truncated: expected at least {_PREFIX.size} bytes, got {len(start)}")
         raise CorruptFile("not a .mstf file (bad magic)")
-    _need(data, _PREFIX.size)
-    _, version, flags, n = _PREFIX.unpack_from(data, 0)
+    _, version, flags, n = _PREFIX.unpack_from(prefix.need(_PREFIX.size), 0)
     if version > FORMAT_VERSION:
         raise CorruptFile(f"made by a newer minstf (format version {version}; this one reads {FORMAT_VERSION})")
     if version != FORMAT_VERSION:
@@ -150,16 +207,15 @@ def unpack(data, limits=Limits(), multiple=64):
         raise CorruptFile(f"bad model id length {n} (1..{MAX_MODEL_ID})")
 
     fixed_at = _PREFIX.size + n
-    _need(data, fixed_at + _FIXED.size)
     (fingerprint, height, width, left, top, right, bottom,
-     num_slices, z_len, y_len) = _FIXED.unpack_from(data, fixed_at)
+     num_slices, z_len, y_len) = _FIXED.unpack_from(prefix.need(fixed_at + _FIXED.size), fixed_at)
     if not 1 <= num_slices <= limits.max_slices:       # bounds the header length below
         raise CorruptFile(f"bad number of y slices {num_slices} (1..{limits.max_slices})")
     crcs_at = fixed_at + _FIXED.size
     payload_crc_at = crcs_at + 4 * (1 + num_slices)
     crc_at = payload_crc_at + _U32.size
     header_len = crc_at + _U32.size
-    _need(data, header_len)
+    data = bytes(prefix.need(header_len)[:header_len])
     (stored,) = _U32.unpack_from(data, crc_at)
     if zlib.crc32(data[:crc_at]) != stored:
         raise CorruptFile("header checksum mismatch (the file is damaged)")
@@ -175,21 +231,41 @@ def unpack(data, limits=Limits(), multiple=64):
                     padding=(left, top, right, bottom), z_crc=z_crc, y_crcs=tuple(y_crcs),
                     portable=bool(flags & FLAG_PORTABLE), version=version)
     _validate(header, limits, multiple)
+    (payload_crc,) = _U32.unpack_from(data, payload_crc_at)
+    return header, header_len, z_len, y_len, payload_crc
 
-    total = header_len + z_len + y_len
+
+def _check_length(got, total, exact=True):
+    """`got`: the file's length (exact), or the bytes read when reading stopped one past `total`."""
     if got < total:
         raise CorruptFile(f"truncated: expected {total} bytes, got {got}")
     if got > total:
-        raise CorruptFile(f"trailing garbage: expected {total} bytes, got {got}")
-    (payload_crc,) = _U32.unpack_from(data, payload_crc_at)
-    if zlib.crc32(data[header_len:]) != payload_crc:
-        raise CorruptFile("payload checksum mismatch (the file is damaged)")
-    return header, data[header_len:header_len + z_len], data[header_len + z_len:]
+        raise CorruptFile(f"trailing garbage: expected {total} bytes, got "
+                          + (f"{got}" if exact else "more"))
 
 
-def _need(data, size):
-    if len(data) < size:
-        raise CorruptFile(f"truncated: expected at least {size} bytes, got {len(data)}")
+CHUNK = 1 << 20
+
+
+def _read_upto(stream, size):
+    """Up to `size` bytes of `stream` (fewer only at its end), read in chunks of at most CHUNK."""
+    parts, left = [], size
+    while left > 0:
+        part = stream.read(min(left, CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _regular_file_size(stream):
+    """The bytes from `stream`'s position to the end if it is a regular file, else None."""
+    try:
+        st = os.fstat(stream.fileno())
+        return st.st_size - stream.tell() if stat.S_ISREG(st.st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _validate(header, limits, multiple):

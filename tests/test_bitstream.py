@@ -1,4 +1,7 @@
-"""The .mstf container: round trip, every field validated, damage always detected."""
+"""The .mstf container: round trip, every field validated, damage always detected; reading
+from a stream takes the header, then exactly the declared payload."""
+import io
+import os
 import struct
 import zlib
 from dataclasses import replace
@@ -9,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minstf import bitstream
-from minstf.bitstream import Header, Limits, check_symbols, check_weights, pack, symbols_crc, unpack
+from minstf.bitstream import Header, Limits, check_symbols, check_weights, pack, read, symbols_crc, unpack
 from minstf.errors import CorruptFile, DecoderMismatch, WrongWeights
 from minstf.image import eval_padding
 
@@ -242,3 +245,79 @@ def test_header_is_frozen():
     with pytest.raises(Exception):
         HEADER.height = 5
     assert replace(HEADER, height=121) == HEADER
+
+
+# --- reading from a stream ------------------------------------------------------------
+
+class Counting(io.RawIOBase):
+    """A pipe-like stream (no fileno, no size): `data`, then `endless` zero bytes forever."""
+
+    def __init__(self, data, endless=False):
+        self.data, self.endless, self.taken = data, endless, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        part = self.data[self.taken:self.taken + len(buf)]
+        if self.endless:
+            part += bytes(len(buf) - len(part))
+        buf[:len(part)] = part
+        self.taken += len(part)
+        return len(part)
+
+
+def test_read_from_streams_and_files(tmp_path):
+    assert read(io.BytesIO(FILE)) == (HEADER, Z, Y) == read(Counting(FILE))
+    path = tmp_path / "f.mstf"
+    path.write_bytes(FILE)
+    with open(path, "rb") as f:
+        assert read(f) == (HEADER, Z, Y)
+
+
+def test_read_refuses_like_unpack():
+    """Same messages as unpack for every truncation and damage (a pipe's trailing data: 'got more')."""
+    for data in [FILE[:cut] for cut in range(len(FILE))] + [_flipped(FILE, at) for at in range(len(FILE))]:
+        with pytest.raises(CorruptFile) as bytes_err:
+            unpack(data)
+        with pytest.raises(CorruptFile) as stream_err:
+            read(Counting(data))
+        assert str(stream_err.value) == str(bytes_err.value)
+    with pytest.raises(CorruptFile, match=f"trailing garbage: expected {len(FILE)} bytes, got more"):
+        read(Counting(FILE + b"\0"))
+
+
+def _flipped(data, at):
+    damaged = bytearray(data)
+    damaged[at] ^= 0x04
+    return bytes(damaged)
+
+
+def test_read_takes_at_most_one_byte_past_the_payload():
+    stream = Counting(FILE, endless=True)
+    with pytest.raises(CorruptFile, match="trailing garbage"):
+        read(stream)
+    assert stream.taken == len(FILE) + 1
+    stream = Counting(b"PNG\x89" * 1000, endless=True)
+    with pytest.raises(CorruptFile, match="bad magic"):
+        read(stream)
+    assert stream.taken <= 8
+
+
+def test_read_checks_a_files_size_before_its_payload(tmp_path):
+    """A declared payload of 4 GiB, or a 40 GB sparse tail, is refused from the file's size."""
+    huge = tmp_path / "huge.mstf"
+    huge.write_bytes(patched(FILE, field_offset("y_len"), "<I", 0xFFFFFFFF))
+    with open(huge, "rb") as f:
+        with pytest.raises(CorruptFile, match="truncated: expected"):
+            read(f)
+        assert f.tell() <= HEADER_LEN + 8192       # the header and a buffer's worth, no payload
+    sparse = tmp_path / "sparse.mstf"
+    sparse.write_bytes(FILE)
+    try:
+        os.truncate(sparse, 40 * 10**9)
+    except OSError:
+        pytest.skip("no sparse files here")
+    with open(sparse, "rb") as f:
+        with pytest.raises(CorruptFile, match=f"trailing garbage: expected {len(FILE)} bytes, got {40 * 10**9}"):
+            read(f)
