@@ -27,12 +27,20 @@ Stream layout of one `add(symbols, indexes, table)`, mirrored by `read`:
 Grouping by row lets one constriction call code a whole group (no Python loop
 per symbol); the decoder knows the indexes, so it forms the same groups.
 Several adds continue one stream (STF: one y stream across its 12 slices).
+
+Symbol order and check sums (used by model.py on both sides):
+
+    channel_first_flat      a (B, H, W, C) map of symbols -> flat, in upstream's NCHW C order
+    symbols_crc             CRC32 of symbols as int32 little-endian bytes: the file stores one for
+                            z and one per y slice, so a decoder that drifted is caught
 """
+import zlib
+
 import constriction
 import numpy as np
 
-from .backend import to_host
-from .errors import CorruptFile, WeightsError
+from .backend import to_host, xp_of
+from .errors import CorruptFile, DecoderMismatch, WeightsError
 
 PRECISION = 16          # the tables' frequencies sum to 2**16
 CHUNK_BITS = 4          # escape payload: raw value in 4-bit chunks
@@ -195,3 +203,32 @@ class SymbolDecoder:
     def at_end(self):
         """True when every word of the stream has been consumed (a valid, fully read stream)."""
         return self._coder.is_empty()
+
+
+# --- symbol order and check sums ----------------------------------------------------------
+def channel_first_flat(a):
+    """(B, H, W, C) -> C-order flattening of (B, C, H, W): upstream's symbol order."""
+    xp = xp_of(a)
+    return xp.ascontiguousarray(a.transpose(0, 3, 1, 2)).reshape(-1)  # (B, H, W, C) -> (B*C*H*W,)
+
+
+def from_channel_first_flat(flat, shape):
+    """Inverse of channel_first_flat for a (B, H, W, C) shape."""
+    B, H, W, C = shape
+    return flat.reshape(B, C, H, W).transpose(0, 2, 3, 1)  # (B*C*H*W,) -> (B, H, W, C)
+
+
+def symbols_crc(symbols):
+    """CRC32 of the symbols as int32 little-endian bytes, in C order (any shape, any backend)."""
+    host = np.ascontiguousarray(to_host(symbols)).astype("<i4", copy=False)
+    return zlib.crc32(host.tobytes())
+
+
+def check_symbols(symbols, expected_crc, what):
+    """Raise DecoderMismatch when decoded symbols (`what`: "z", "y slice 3") are not the encoder's."""
+    crc = symbols_crc(symbols)
+    if crc != expected_crc:
+        raise DecoderMismatch(f"decoded {what} symbols differ from the encoder's (CRC {crc:08x}, "
+                              f"expected {expected_crc:08x}): this machine or backend computed other "
+                              f"entropy parameters than the encoder's (files encoded with --portable "
+                              f"avoid this)")

@@ -13,6 +13,10 @@
 `decompress` are mirror images that produce and consume the two strings. Inside,
 maps are channels-last (B, H, W, C); the public methods take and return NCHW.
 
+Kernels: `kernels="fast"` (default) or `"reference"` picks the layer of `minstf.switch`
+that every network of the model runs on; the strings and files are the same format
+either way, so a file encoded on one layer decodes on the other.
+
 Portable mode: the entropy-parameter path (h_mean_s, h_scale_s and the slice
 networks) runs in float64, so that the discrete decisions that must agree
 between encoder and decoder (scale indexes, round(y - mu)) do not depend on the
@@ -24,12 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import get_xp, to_device, to_host
-from .bitstream import check_symbols, symbols_crc
-from .coding import CdfTable, SymbolDecoder, SymbolEncoder
+from .coding import (CdfTable, SymbolDecoder, SymbolEncoder, channel_first_flat, check_symbols,
+                     from_channel_first_flat, symbols_crc)
 from .config import STFConfig
 from .entropy_models import build_indexes, eb_likelihood, eb_medians, gc_likelihood, quantize_symbols
 from .errors import BadInput, CorruptFile, DecoderMismatch
-from .slices import channel_first_flat, from_channel_first_flat, run_slices, slice_of
+from .slices import run_slices, slice_of
+from .switch import DEFAULT_KERNELS, get_kernels, kernels_name
 from .transforms import g_a, g_s, h_a, h_mean_s, h_scale_s
 
 ENTROPY_PARAMETER_PREFIXES = ("h_mean_s.", "h_scale_s.", "cc_mean_transforms.",
@@ -58,10 +63,13 @@ def nhwc(a):
 class STF:
     """An STF model on one backend. Build it with `minstf.load_model`."""
 
-    def __init__(self, config: STFConfig, params, tables, backend="numpy", fingerprint="", name=""):
+    def __init__(self, config: STFConfig, params, tables, backend="numpy", fingerprint="", name="",
+                 kernels=DEFAULT_KERNELS):
         self.config, self.fingerprint, self.name = config, fingerprint, name
         self.xp = xp = get_xp(backend)
         self.backend = backend
+        self.k = get_kernels(kernels)  # the layer every network runs on
+        self.kernels = kernels_name(self.k)
         self.params = {k: to_device(np.asarray(v, np.float32), xp) for k, v in params.items()}  # once
         self._params64 = None  # float64 copies of the entropy-parameter path, made on first use
         self.eb = {k.split(".", 1)[1]: v for k, v in self.params.items() if k.startswith("entropy_bottleneck.")}
@@ -90,7 +98,7 @@ class STF:
 
     def _hyper(self, z_hat, portable):
         p = self.entropy_params(portable)
-        return h_mean_s(z_hat, p, self.config), h_scale_s(z_hat, p, self.config)
+        return h_mean_s(z_hat, p, self.config, self.k), h_scale_s(z_hat, p, self.config, self.k)
 
     def _check_codable(self, y):
         H4, W4 = y.shape[1:3]
@@ -106,9 +114,9 @@ class STF:
         x: (B, 3, H, W) float32 in [0, 1]. Returns {"x_hat": (B, 3, 16*H4, 16*W4) unclamped,
         "likelihoods": {"y": (B, M, H4, W4), "z": (B, Cz, h, w)}} as arrays of the backend.
         """
-        xp, c, p = self.xp, self.config, self.params
-        y = g_a(self._input(x), p, c, taps)  # (B, H4, W4, M)
-        z = h_a(y, p, c)  # (B, h, w, Cz)
+        xp, c, p, k = self.xp, self.config, self.params, self.k
+        y = g_a(self._input(x), p, c, taps, k)  # (B, H4, W4, M)
+        z = h_a(y, p, c, k)  # (B, zh, zw, N_z)
         lik_z = eb_likelihood(z, self.eb)
         z_hat = xp.rint(z - self.medians) + self.medians
         latent_means, latent_scales = self._hyper(z_hat, False)
@@ -119,59 +127,62 @@ class STF:
             lik_y.append(gc_likelihood(y_s, scale, mu))
             return xp.rint(y_s - mu)
 
-        y_hat = run_slices(latent_means, latent_scales, p, c, quantize, taps)
-        x_hat = g_s(y_hat, p, c, taps)
+        y_hat = run_slices(latent_means, latent_scales, p, c, quantize, taps, k)
+        x_hat = g_s(y_hat, p, c, taps, k)
         if taps is not None:
             taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat)
         return {"x_hat": nchw(x_hat), "likelihoods": {"y": nchw(xp.concatenate(lik_y, axis=-1)), "z": nchw(lik_z)}}
 
     def compress(self, x, portable=False, taps=None):
-        """Encode one image (1, 3, H, W) whose latent size is a multiple of 4 -> Compressed."""
-        xp, c = self.xp, self.config
+        """Encode one image (1, 3, H, W) whose latent size is a multiple of 4 -> Compressed.
+
+        The steps, mirrored one for one by decompress():
+        """
+        xp, c, k = self.xp, self.config, self.k
         x = self._input(x)
         if x.shape[0] != 1:
             raise BadInput("compress() takes one image at a time")
-        y = g_a(x, self.params, c, taps)  # (1, H4, W4, M)
+        y = g_a(x, self.params, c, taps, k)  # 1. analysis: (1, H4, W4, M)
         self._check_codable(y)
-        z = h_a(y, self.params, c)  # (1, h, w, Cz)
-        # hyper-latent: factorized prior, CDF row = channel
-        z_symbols = quantize_symbols(z, self.medians)  # (1, h, w, Cz) int32
+        z = h_a(y, self.params, c, k)  # 2. hyper analysis: (1, zh, zw, N_z)
+        z_symbols = quantize_symbols(z, self.medians)  # 3. z symbols = round(z - medians), int32
         z_flat = to_host(channel_first_flat(z_symbols))
-        z_encoder = SymbolEncoder()
+        z_encoder = SymbolEncoder()  # 4. z string: factorized prior, CDF row = channel
         z_encoder.add(z_flat, self._z_indexes(z.shape), self.eb_table)
         dtype = xp.float64 if portable else xp.float32
-        z_hat = z_symbols.astype(dtype) + self.medians.astype(dtype)
-        latent_means, latent_scales = self._hyper(z_hat, portable)
-        # latent: one stream across all slices, CDF row = index(scale)
+        z_hat = z_symbols.astype(dtype) + self.medians.astype(dtype)  # 5. z_hat, the decoder's too
+        latent_means, latent_scales = self._hyper(z_hat, portable)  # 6. hyper synthesis
         y_encoder, crcs = SymbolEncoder(), []
 
-        def quantize(s, mu, scale):
-            symbols = quantize_symbols(slice_of(y, s, c).astype(dtype), mu)  # (1, H4, W4, S) int32
-            index = build_indexes(scale)
+        def quantize(s, mu, scale):  # 7. per slice: symbols from y, coded with CDF row = index(scale)
+            symbols = quantize_symbols(slice_of(y, s, c).astype(dtype), mu)  # (1, H4, W4, Cs) int32
             flat = to_host(channel_first_flat(symbols))
-            y_encoder.add(flat, to_host(channel_first_flat(index)), self.gc_table)
-            crcs.append(symbols_crc(flat))
+            y_encoder.add(flat, to_host(channel_first_flat(build_indexes(scale))), self.gc_table)
+            crcs.append(symbols_crc(flat))  # 8. a CRC per slice, for the decoder to check
             return symbols
 
-        run_slices(latent_means, latent_scales, self.entropy_params(portable), c, quantize, taps)
+        run_slices(latent_means, latent_scales, self.entropy_params(portable), c, quantize, taps, k)
         return Compressed(z_encoder.finish(), y_encoder.finish(), tuple(y.shape[1:3]),
                           symbols_crc(z_flat), tuple(crcs), portable)
 
     def decompress(self, compressed: Compressed):
-        """Decode -> x_hat (1, 3, 16*H4, 16*W4) clamped to [0, 1], an array of the backend."""
-        xp, c = self.xp, self.config
+        """Decode -> x_hat (1, 3, 16*H4, 16*W4) clamped to [0, 1], an array of the backend.
+
+        The steps of compress(), backwards:
+        """
+        xp, c, k = self.xp, self.config, self.k
         H4, W4 = compressed.y_shape
-        z_shape = (1, H4 // 4, W4 // 4, c.N_z)
-        z_flat = SymbolDecoder(compressed.z_string).read(self._z_indexes(z_shape), self.eb_table)
+        z_shape = (1, H4 // 4, W4 // 4, c.N_z)  # 2. the hyper analysis' output size
+        z_flat = SymbolDecoder(compressed.z_string).read(self._z_indexes(z_shape), self.eb_table)  # 4. z string
         if symbols_crc(z_flat) != compressed.z_crc:
             raise CorruptFile("hyper-latent symbols fail their CRC: the file is damaged")
+        z_symbols = from_channel_first_flat(to_device(z_flat, xp), z_shape)  # 3. z symbols (1, zh, zw, N_z)
         dtype = xp.float64 if compressed.portable else xp.float32
-        z_symbols = from_channel_first_flat(to_device(z_flat, xp), z_shape)
-        z_hat = z_symbols.astype(dtype) + self.medians.astype(dtype)
-        latent_means, latent_scales = self._hyper(z_hat, compressed.portable)
+        z_hat = z_symbols.astype(dtype) + self.medians.astype(dtype)  # 5. z_hat, the encoder's too
+        latent_means, latent_scales = self._hyper(z_hat, compressed.portable)  # 6. hyper synthesis
         y_decoder = SymbolDecoder(compressed.y_string)
 
-        def dequantize(s, mu, scale):
+        def dequantize(s, mu, scale):  # 7. per slice: symbols decoded with CDF row = index(scale)
             index = to_host(channel_first_flat(build_indexes(scale)))
             try:
                 flat = y_decoder.read(index, self.gc_table)
@@ -179,13 +190,14 @@ class STF:
                 raise DecoderMismatch(f"y slice {s}: decoding went astray ({e}): this machine or backend "
                                       "computed other entropy parameters than the encoder's, or the strings "
                                       "are damaged (files encoded with --portable avoid the first)") from None
-            check_symbols(flat, compressed.slice_crcs[s], f"y slice {s}")  # else DecoderMismatch
-            return from_channel_first_flat(to_device(flat, xp), mu.shape)
+            check_symbols(flat, compressed.slice_crcs[s], f"y slice {s}")  # 8. the slice's CRC, else DecoderMismatch
+            return from_channel_first_flat(to_device(flat, xp), mu.shape)  # (1, H4, W4, Cs)
 
-        y_hat = run_slices(latent_means, latent_scales, self.entropy_params(compressed.portable), c, dequantize)
+        y_hat = run_slices(latent_means, latent_scales, self.entropy_params(compressed.portable), c, dequantize,
+                           kernels=k)
         if not y_decoder.at_end():
             raise CorruptFile("the y payload has data left over after the last slice: the file is damaged")
-        x_hat = g_s(y_hat.astype(xp.float32), self.params, c)
+        x_hat = g_s(y_hat.astype(xp.float32), self.params, c, kernels=k)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
         return nchw(xp.clip(x_hat, 0, 1))
 
     def _z_indexes(self, z_shape):

@@ -1,4 +1,4 @@
-"""The channel-conditional slice loop with latent residual prediction (STF.md §5).
+"""The channel-conditional slice loop with latent residual prediction (docs/architecture.md §5).
 
 Written once and shared by forward(), compress() and decompress(): the three
 entry points differ only in how a slice's integer symbols are obtained
@@ -7,8 +7,8 @@ entry points differ only in how a slice's integer symbols are obtained
     forward / compress:  symbols = round(y_s - mu)           (from the encoder's y)
     decompress:          symbols = decoded from the stream    (with index(scale))
 
-For slice s (S = M / num_slices channels each), with the first k = min(s, max_support)
-finished slices as support:
+The latent's M channels are cut into S slices of Cs = M / S channels. For slice s,
+with the first k = min(s, max_support) finished slices as support:
 
     latent_means  ─┐                      ┌─► cc_mean_transforms[s]  ─► mu
     y_hat[0:k]   ──┼─► mean support ──────┤
@@ -19,15 +19,16 @@ finished slices as support:
     y_hat_s += 0.5 * tanh(lrp_transforms[s](mean support ++ y_hat_s))
 """
 from .backend import xp_of
+from .switch import DEFAULT_KERNELS
 from .transforms import slice_network
 
 
-def run_slices(latent_means, latent_scales, params, config, quantize, taps=None):
+def run_slices(latent_means, latent_scales, params, config, quantize, taps=None, kernels=DEFAULT_KERNELS):
     """Decode-order loop over the slices; returns y_hat (B, H, W, M).
 
     latent_means, latent_scales: (B, H, W, M) from h_mean_s / h_scale_s
     (H, W = the latent size; the hyper-synthesis maps may be larger and are cropped).
-    quantize(s, mu, scale) -> integer-valued array (B, H, W, S) of symbols for slice s.
+    quantize(s, mu, scale) -> integer-valued array (B, H, W, Cs) of symbols for slice s.
     taps: optional dict; receives the per-slice tensors concatenated over the slices
     under the golden names mu, scale, y_hat_pre_lrp, lrp_raw (each (B, H, W, M)).
     """
@@ -37,14 +38,14 @@ def run_slices(latent_means, latent_scales, params, config, quantize, taps=None)
     record = {"mu": [], "scale": [], "y_hat_pre_lrp": [], "lrp_raw": []}
     for s in range(config.num_slices):
         support = y_hat_slices[: config.max_support_slices]  # the FIRST finished slices
-        mean_support = xp.concatenate([latent_means] + support, axis=-1)  # (B, H, W, M + S*k)
+        mean_support = xp.concatenate([latent_means] + support, axis=-1)  # (B, H, W, M + Cs*k)
         scale_support = xp.concatenate([latent_scales] + support, axis=-1)
-        mu = slice_network(mean_support, params, f"cc_mean_transforms.{s}")[:, :H, :W]  # (B, H, W, S)
-        scale = slice_network(scale_support, params, f"cc_scale_transforms.{s}")[:, :H, :W]
+        mu = slice_network(mean_support, params, f"cc_mean_transforms.{s}", kernels)[:, :H, :W]  # (B, H, W, Cs)
+        scale = slice_network(scale_support, params, f"cc_scale_transforms.{s}", kernels)[:, :H, :W]
         symbols = quantize(s, mu, scale)
         y_hat_s = symbols.astype(mu.dtype) + mu  # dequantize
-        lrp_in = xp.concatenate([mean_support, y_hat_s], axis=-1)  # (B, H, W, M + S*(k+1))
-        lrp = slice_network(lrp_in, params, f"lrp_transforms.{s}")[:, :H, :W]
+        lrp_in = xp.concatenate([mean_support, y_hat_s], axis=-1)  # (B, H, W, M + Cs*(k+1))
+        lrp = slice_network(lrp_in, params, f"lrp_transforms.{s}", kernels)[:, :H, :W]
         if taps is not None:
             for name, value in zip(record, (mu, scale, y_hat_s, lrp)):
                 record[name].append(value)
@@ -56,18 +57,6 @@ def run_slices(latent_means, latent_scales, params, config, quantize, taps=None)
 
 
 def slice_of(y, s, config):
-    """Channels of slice s of a (B, H, W, M) latent."""
-    S = config.slice_channels
-    return y[..., s * S:(s + 1) * S]
-
-
-def channel_first_flat(a):
-    """(B, H, W, C) -> C-order flattening of (B, C, H, W): upstream's symbol order."""
-    xp = xp_of(a)
-    return xp.ascontiguousarray(a.transpose(0, 3, 1, 2)).reshape(-1)
-
-
-def from_channel_first_flat(flat, shape):
-    """Inverse of channel_first_flat for a (B, H, W, C) shape."""
-    B, H, W, C = shape
-    return flat.reshape(B, C, H, W).transpose(0, 2, 3, 1)
+    """Channels of slice s of a (B, H, W, M) latent: (B, H, W, Cs)."""
+    Cs = config.slice_channels
+    return y[..., s * Cs:(s + 1) * Cs]

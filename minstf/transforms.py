@@ -3,132 +3,184 @@
     x --g_a--> y --h_a--> z            (analysis: image -> latent -> hyper-latent)
     z_hat --h_mean_s--> latent_means   (hyper synthesis, two heads with separate weights)
     z_hat --h_scale_s--> latent_scales
-    support --slice_network--> mu / scale / lrp of one slice (STF.md §3.4)
+    support --slice_network--> mu / scale / lrp of one slice (docs/architecture.md §3.4)
     y_hat --g_s--> x_hat               (synthesis: latent -> image)
 
-All maps are channels-last `(B, H, W, C)`; all sizes come from an `STFConfig`,
-so small configurations run through exactly the same code (STF.md §3).
+Written once over the kernel interface of `minstf.switch`: every function takes
+`kernels` ("fast", the default, or "reference", or the layer's module) and calls
+only its functions (`k.swin_block`, `k.conv2d`, ...). All maps are channels-last
+`(B, H, W, C)`; all sizes come from an `STFConfig`, so small configurations run
+through exactly the same code.
 
 `taps` (optional dict) records intermediate outputs under the golden npz key
-names (GOLDEN.md §4): `patch_embed` as NCHW `(B, C, H1, W1)` like the golden
+names (docs/golden.md §4): `patch_embed` as NCHW `(B, C, H1, W1)` like the golden
 file; `enc{i}_blk{b}`, `enc{i}_out`, `dec{i}_blk{b}`, `dec{i}_out` as tokens
 `(B, L, C)`; the shift masks as `enc{i}_mask` / `dec{i}_mask` `(nW, N, N)`
 (golden `attn_mask_64x96` = `enc0_mask` and `attn_mask_8x12` = `enc3_mask` of
 input A, `b_enc_mask_layer0` = `enc0_mask` of input B).
 """
-from .backend import derived, on_host, parallel_blocks, row_blocks, xp_of
-from .ops import conv2d, gelu, pixel_shuffle
-from .swin import basic_layer, patch_embed
+from .backend import xp_of
+from .switch import DEFAULT_KERNELS, get_kernels
 
 
-def _conv(x, params, prefix, stride=1):
-    """Conv2d with "same"-style padding k//2, weights `{prefix}.weight` / `.bias`."""
-    w = params[f"{prefix}.weight"]
-    return conv2d(x, w, params[f"{prefix}.bias"], stride=stride, padding=w.shape[-1] // 2)
+# --- embedding, resampling and one stage (docs/architecture.md §2.1, §2.7–2.9) ------------------
+def patch_embed(x, params, patch_size, kernels=DEFAULT_KERNELS, prefix="patch_embed"):
+    """Image to tokens: pad to a multiple of patch_size, strided conv, LayerNorm (§2.1).
+
+    Args: x (B, H, W, Cin) image. Returns: tokens (B, H1*W1, C), H1, W1.
+    """
+    k, xp = get_kernels(kernels), xp_of(x)
+    _, H, W, _ = x.shape
+    if H % patch_size or W % patch_size:
+        x = xp.pad(x, ((0, 0), (0, -H % patch_size), (0, -W % patch_size), (0, 0)))  # pad right / bottom
+    x = k.conv2d(x, params[f"{prefix}.proj.weight"], params[f"{prefix}.proj.bias"],
+                 stride=patch_size)  # (B, H, W, Cin) -> (B, H1, W1, C)
+    B, H1, W1, C = x.shape
+    x = k.layer_norm(x, params[f"{prefix}.norm.weight"], params[f"{prefix}.norm.bias"])
+    return x.reshape(B, H1 * W1, C), H1, W1  # (B, H1, W1, C) -> (B, L, C)
 
 
-def _conv_gelu(x, params, prefix, stride=1):
-    """GELU(_conv(x)): the conv's bias is added inside GELU's pass over the map."""
-    w = params[f"{prefix}.weight"]
-    x = conv2d(x, w, None, stride=stride, padding=w.shape[-1] // 2)
-    return gelu(x, bias=params[f"{prefix}.bias"], out=x)
+def patch_merging(x, H, W, params, prefix, kernels=DEFAULT_KERNELS):
+    """Encoder downsampling: 2x2 neighbours to channels, LayerNorm(4C), Linear 4C -> 2C (§2.7).
+
+    Args: tokens (B, H*W, C). Returns: tokens (B, H'*W', 2C), H' = ceil(H/2), W' = ceil(W/2).
+    """
+    k, xp = get_kernels(kernels), xp_of(x)
+    B, L, C = x.shape
+    x = x.reshape(B, H, W, C)  # (B, L, C) -> (B, H, W, C)
+    if H % 2 or W % 2:
+        x = xp.pad(x, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))  # to even sizes
+    # the four neighbours in the order x0 (0,0), x1 (1,0), x2 (0,1), x3 (1,1) of (row, col) offsets
+    x = xp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                       axis=-1)  # -> (B, H', W', 4C)
+    _, H2, W2, _ = x.shape
+    x = k.layer_norm(x, params[f"{prefix}.norm.weight"], params[f"{prefix}.norm.bias"])
+    x = k.linear(x, params[f"{prefix}.reduction.weight"])  # (B, H', W', 4C) -> (B, H', W', 2C)
+    return x.reshape(B, H2 * W2, 2 * C), H2, W2  # -> (B, L', 2C)
 
 
-# --- analysis and synthesis transforms -----------------------------------------
-def g_a(x, params, config, taps=None):
-    """Analysis transform: PatchEmbed, then 4 Swin stages with PatchMerging (STF.md §3.1).
+def patch_split(x, H, W, params, prefix, kernels=DEFAULT_KERNELS):
+    """Decoder upsampling: LayerNorm(C), Linear C -> 2C, PixelShuffle(2) (§2.8).
+
+    Args: tokens (B, H*W, C). Returns: tokens (B, 4*H*W, C/2), 2H, 2W.
+    """
+    k = get_kernels(kernels)
+    B, L, C = x.shape
+    x = k.layer_norm(x, params[f"{prefix}.norm.weight"], params[f"{prefix}.norm.bias"])
+    x = k.linear(x, params[f"{prefix}.reduction.weight"])  # (B, L, C) -> (B, L, 2C)
+    x = k.pixel_shuffle(x.reshape(B, H, W, 2 * C), 2)  # (B, H, W, 2C) -> (B, 2H, 2W, C/2)
+    return x.reshape(B, 4 * L, C // 2), 2 * H, 2 * W  # -> (B, 4L, C/2)
+
+
+def basic_layer(x, H, W, params, prefix, depth, num_heads, ws, resample=None, taps=None, tap_name=None,
+                kernels=DEFAULT_KERNELS):
+    """One stage: `depth` Swin blocks (odd ones shifted by ws//2), then the resampler (§2.9).
+
+    Args: tokens (B, H*W, C); resample None, "merge" (PatchMerging) or "split" (PatchSplit).
+    taps: optional dict; records `{tap_name}_blk{b}` (tokens after block b),
+    `{tap_name}_mask` (the shift mask) and `{tap_name}_out` (after resampling).
+    Returns: tokens, new H, new W.
+    """
+    k = get_kernels(kernels)
+    shift = ws // 2
+    mask = k.shift_attention_mask(H, W, ws, shift, xp_of(x)) if depth > 1 else None  # (nW, N, N)
+    if taps is not None and mask is not None:
+        taps[f"{tap_name}_mask"] = mask
+    for b in range(depth):
+        x = k.swin_block(x, H, W, params, f"{prefix}.blocks.{b}", num_heads, ws,
+                         shift=shift if b % 2 else 0, mask=mask)  # (B, L, C) -> (B, L, C)
+        if taps is not None:
+            taps[f"{tap_name}_blk{b}"] = x
+    if resample == "merge":
+        x, H, W = patch_merging(x, H, W, params, f"{prefix}.downsample", k)
+    elif resample == "split":
+        x, H, W = patch_split(x, H, W, params, f"{prefix}.downsample", k)
+    if taps is not None:
+        taps[f"{tap_name}_out"] = x
+    return x, H, W
+
+
+# --- analysis and synthesis transforms (§3.1, §3.5) -----------------------------------------
+def g_a(x, params, config, taps=None, kernels=DEFAULT_KERNELS):
+    """Analysis transform: PatchEmbed, then the Swin stages with PatchMerging (§3.1).
 
     Args: x (B, H, W, 3) float32 image. Returns: y (B, H4, W4, M), H4 = ceil(H/16).
     """
+    k = get_kernels(kernels)
     B = x.shape[0]
-    x, H, W = patch_embed(x, params, config.patch_size)  # (B, H, W, 3) -> (B, H1*W1, e)
+    x, H, W = patch_embed(x, params, config.patch_size, k)  # (B, H, W, 3) -> (B, H1*W1, e)
     if taps is not None:
         taps["patch_embed"] = x.reshape(B, H, W, -1).transpose(0, 3, 1, 2)  # NCHW like the golden file
     last = len(config.depths) - 1
     for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
         x, H, W = basic_layer(x, H, W, params, f"layers.{i}", depth, heads, config.window_size,
-                              resample="merge" if i < last else None, taps=taps, tap_name=f"enc{i}")
+                              resample="merge" if i < last else None, taps=taps, tap_name=f"enc{i}", kernels=k)
     return x.reshape(B, H, W, -1)  # (B, H4*W4, M) -> (B, H4, W4, M)
 
 
-def g_s(y_hat, params, config, taps=None):
-    """Synthesis transform: 4 Swin stages with PatchSplit, then end_conv (STF.md §3.5).
+def g_s(y_hat, params, config, taps=None, kernels=DEFAULT_KERNELS):
+    """Synthesis transform: the Swin stages with PatchSplit, then end_conv (§3.5).
 
     Args: y_hat (B, H4, W4, M). Returns: x_hat (B, 16*H4, 16*W4, 3), unclamped.
     """
+    k = get_kernels(kernels)
     B, H, W, M = y_hat.shape
     x = y_hat.reshape(B, H * W, M)  # (B, H4, W4, M) -> (B, L, M)
     last = len(config.depths) - 1
     for i, (depth, heads) in enumerate(zip(config.depths[::-1], config.num_heads[::-1])):
         x, H, W = basic_layer(x, H, W, params, f"syn_layers.{i}", depth, heads, config.window_size,
-                              resample="split" if i < last else None, taps=taps, tap_name=f"dec{i}")
-    return end_conv(x.reshape(B, H, W, -1), params, config)  # (B, L, e) -> (B, 8*H4, 8*W4, e) -> image
+                              resample="split" if i < last else None, taps=taps, tap_name=f"dec{i}", kernels=k)
+    x = x.reshape(B, H, W, -1)  # (B, L, e) -> (B, 8*H4, 8*W4, e)
+    return k.end_conv(x, params, config.patch_size)  # 5x5 conv, shuffle, 3x3 conv: -> (B, 16*H4, 16*W4, 3)
 
 
-def end_conv(x, params, config):
-    """The last part of g_s: 5x5 conv, PixelShuffle(patch_size), 3x3 conv; no activation.
-
-    The 5x5 convolution runs by bands of rows, each shuffled straight into the full-size
-    map, so that its p*p-times-wider output never exists whole.
-    Args: x (B, h, w, e), the last synthesis stage as a map. Returns: (B, p*h, p*w, 3).
-    """
-    xp = xp_of(x)
-    p, w0 = config.patch_size, params["end_conv.0.weight"]
-    B, h, w, e = x.shape
-    k = w0.shape[-1]
-    # output channels c*p*p + i*p + j -> (i*p + j)*e + c, so that the shuffle moves whole pixels
-    w0 = derived(w0, "ijc", lambda a: a.reshape(e, p * p, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
-    b0 = params["end_conv.0.bias"].reshape(e, p * p).T.reshape(-1)
-    x = xp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))  # (B, h+k-1, w+k-1, e)
-    shuffled = xp.empty((B, p * h, p * w, e), dtype=x.dtype)
-
-    def band(h0, n):  # 5x5 on rows h0..h0+n-1: (B, n, w, p*p*e), shuffled to (B, p*n, p*w, e)
-        pixel_shuffle(conv2d(x[:, h0:h0 + n + k - 1], w0, b0), p, out=shuffled[:, p * h0:p * (h0 + n)],
-                      channel_order="ijc")
-
-    parallel_blocks(band, row_blocks(h, w * p * p * e, block_elements=1 << 20), on_host(x))
-    w2 = params["end_conv.2.weight"]
-    return conv2d(shuffled, w2, params["end_conv.2.bias"], padding=w2.shape[-1] // 2)  # 3x3: -> (B, p*h, p*w, 3)
+# --- hyperprior (§3.2, §3.3) ---------------------------------------------------------------
+def _conv(x, params, prefix, k, stride=1, gelu=False):
+    """Conv2d with padding k//2 and weights `{prefix}.weight` / `.bias`, GELU after it if asked."""
+    w = params[f"{prefix}.weight"]
+    conv = k.conv2d_gelu if gelu else k.conv2d
+    return conv(x, w, params[f"{prefix}.bias"], stride=stride, padding=w.shape[-1] // 2)
 
 
-# --- hyperprior ------------------------------------------------------------------
-def h_a(y, params, config):
-    """Hyper analysis: five 3x3 convs, GELU between, strides 1, 1, 2, 1, 2 (STF.md §3.2).
+def h_a(y, params, config, kernels=DEFAULT_KERNELS):
+    """Hyper analysis: five 3x3 convs, GELU between, strides 1, 1, 2, 1, 2 (§3.2).
 
     Args: y (B, H4, W4, M). Returns: z (B, ceil(ceil(H4/2)/2), ..., N_z).
     """
+    k = get_kernels(kernels)
     x = y
     for j, stride in enumerate((1, 1, 2, 1)):
-        x = _conv_gelu(x, params, f"h_a.{2 * j}", stride=stride)  # (B, h, w, c) -> (B, h/stride, w/stride, c')
-    return _conv(x, params, "h_a.8", stride=2)  # -> (B, h/2, w/2, N_z)
+        x = _conv(x, params, f"h_a.{2 * j}", k, stride, gelu=True)  # (B, h, w, c) -> (B, h/stride, w/stride, c')
+    return _conv(x, params, "h_a.8", k, stride=2)  # -> (B, h/2, w/2, N_z)
 
 
-def _h_s(z_hat, params, prefix):
-    """h_mean_s / h_scale_s: conv, GELU, subpel x2, GELU, conv, GELU, subpel x2, GELU, conv (STF.md §3.3)."""
-    x = _conv_gelu(z_hat, params, f"{prefix}.0")  # (B, zh, zw, 4e) -> (B, zh, zw, 5e)
-    x = pixel_shuffle(_conv_gelu(x, params, f"{prefix}.2.0"), 2)  # -> (B, 2zh, 2zw, 6e); GELU commutes with the shuffle
-    x = _conv_gelu(x, params, f"{prefix}.4")  # -> (B, 2zh, 2zw, 7e)
-    x = pixel_shuffle(_conv_gelu(x, params, f"{prefix}.6.0"), 2)  # -> (B, 4zh, 4zw, 8e)
-    return _conv(x, params, f"{prefix}.8")  # -> (B, 4zh, 4zw, M)
+def _h_s(z_hat, params, prefix, k):
+    """h_mean_s / h_scale_s: conv, GELU, subpel x2, GELU, conv, GELU, subpel x2, GELU, conv (§3.3)."""
+    x = _conv(z_hat, params, f"{prefix}.0", k, gelu=True)  # (B, zh, zw, 4e) -> (B, zh, zw, 5e)
+    x = k.pixel_shuffle(_conv(x, params, f"{prefix}.2.0", k, gelu=True), 2)  # -> (B, 2zh, 2zw, 6e): GELU commutes with the shuffle
+    x = _conv(x, params, f"{prefix}.4", k, gelu=True)  # -> (B, 2zh, 2zw, 7e)
+    x = k.pixel_shuffle(_conv(x, params, f"{prefix}.6.0", k, gelu=True), 2)  # -> (B, 4zh, 4zw, 8e)
+    return _conv(x, params, f"{prefix}.8", k)  # -> (B, 4zh, 4zw, M)
 
 
-def h_mean_s(z_hat, params, config):
+def h_mean_s(z_hat, params, config, kernels=DEFAULT_KERNELS):
     """latent_means: (B, zh, zw, N_z) -> (B, 4*zh, 4*zw, M)."""
-    return _h_s(z_hat, params, "h_mean_s")
+    return _h_s(z_hat, params, "h_mean_s", get_kernels(kernels))
 
 
-def h_scale_s(z_hat, params, config):
+def h_scale_s(z_hat, params, config, kernels=DEFAULT_KERNELS):
     """latent_scales: (B, zh, zw, N_z) -> (B, 4*zh, 4*zw, M)."""
-    return _h_s(z_hat, params, "h_scale_s")
+    return _h_s(z_hat, params, "h_scale_s", get_kernels(kernels))
 
 
-# --- channel-conditional slice networks -------------------------------------------
-def slice_network(x, params, prefix):
+# --- channel-conditional slice networks (§3.4) ------------------------------------------------
+def slice_network(x, params, prefix, kernels=DEFAULT_KERNELS):
     """One of cc_mean_transforms.{s} / cc_scale_transforms.{s} / lrp_transforms.{s}:
-    five 3x3 convs with GELU between (STF.md §3.4); widths come from the weights.
+    five 3x3 convs with GELU between; widths come from the weights.
 
-    Args: x (B, h, w, Cin) support; prefix e.g. "cc_mean_transforms.3". Returns: (B, h, w, S).
+    Args: x (B, h, w, Cin) support; prefix e.g. "cc_mean_transforms.3". Returns: (B, h, w, Cs).
     """
+    k = get_kernels(kernels)
     for j in range(4):
-        x = _conv_gelu(x, params, f"{prefix}.{2 * j}")  # (B, h, w, c) -> (B, h, w, c')
-    return _conv(x, params, f"{prefix}.8")  # -> (B, h, w, S)
+        x = _conv(x, params, f"{prefix}.{2 * j}", k, gelu=True)  # (B, h, w, c) -> (B, h, w, c')
+    return _conv(x, params, f"{prefix}.8", k)  # -> (B, h, w, Cs)

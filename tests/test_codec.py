@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 from minstf.backend import to_host
-from minstf.bitstream import symbols_crc, unpack
+from minstf.bitstream import unpack
 from minstf.codec import decode_image, encode_image, read_header
 from minstf.config import STFConfig
 from minstf.entropy_models import eb_tables, gc_tables, quantize_symbols
 from minstf.errors import BadInput, WrongWeights
 from minstf.image import crop, eval_padding, pad, to_float, to_uint8
 from minstf.model import nchw
-from minstf.slices import channel_first_flat, slice_of
+from minstf.coding import channel_first_flat, symbols_crc
+from minstf.slices import slice_of
 from minstf.synthetic import recipe_weights
 from minstf.transforms import g_s
 from minstf.weights import save_weights

@@ -1,11 +1,17 @@
-"""Each primitive of minstf.ops against torch.nn.functional on random inputs."""
+"""Each primitive of both kernel layers (reference and fast) against torch.nn.functional on random inputs."""
 import numpy as np
 import pytest
 
-from minstf import ops
+from minstf.switch import KERNELS, get_kernels
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+
+
+@pytest.fixture(params=KERNELS)
+def ops(request):
+    """The layer under test: minstf.reference or minstf.kernels."""
+    return get_kernels(request.param)
 
 
 def rand(rng, *shape, scale=1.0):
@@ -21,7 +27,7 @@ def nchw_to_last(a):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear(bias):
+def test_linear(ops, bias):
     rng = np.random.default_rng(0)
     x, w = rand(rng, 2, 5, 7, 12), rand(rng, 9, 12)
     b = rand(rng, 9) if bias else None
@@ -39,7 +45,7 @@ def test_linear(bias):
     (1, 6, 5, 3, 4, 3, 1, 0),     # no padding
     (1, 1, 1, 4, 4, 3, 1, 1),     # 1x1 map
 ])
-def test_conv2d(B, H, W, Cin, O, k, stride, padding):
+def test_conv2d(ops, B, H, W, Cin, O, k, stride, padding):
     rng = np.random.default_rng(H * 100 + W)
     x, w, b = rand(rng, B, H, W, Cin), rand(rng, O, Cin, k, k), rand(rng, O)
     got = ops.conv2d(x, w, b, stride=stride, padding=padding)
@@ -48,7 +54,7 @@ def test_conv2d(B, H, W, Cin, O, k, stride, padding):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_conv2d_without_bias():
+def test_conv2d_without_bias(ops):
     rng = np.random.default_rng(3)
     x, w = rand(rng, 1, 5, 6, 4), rand(rng, 2, 4, 3, 3)
     got = ops.conv2d(x, w, padding=1)
@@ -57,7 +63,7 @@ def test_conv2d_without_bias():
 
 
 @pytest.mark.parametrize("r", [2, 3])
-def test_pixel_shuffle(r):
+def test_pixel_shuffle(ops, r):
     rng = np.random.default_rng(r)
     x = rand(rng, 2, 3, 5, 4 * r * r)
     got = ops.pixel_shuffle(x, r)
@@ -65,7 +71,7 @@ def test_pixel_shuffle(r):
     np.testing.assert_array_equal(got, want)  # a pure permutation
 
 
-def test_layer_norm():
+def test_layer_norm(ops):
     rng = np.random.default_rng(4)
     x = rand(rng, 3, 7, 48, scale=3.0) + 2.0
     w, b = 1 + rand(rng, 48, scale=0.1), rand(rng, 48, scale=0.1)
@@ -75,7 +81,7 @@ def test_layer_norm():
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_gelu_is_exact_erf_form():
+def test_gelu_is_exact_erf_form(ops):
     rng = np.random.default_rng(5)
     x = rand(rng, 1000, scale=4.0)
     got = ops.gelu(x)
@@ -86,7 +92,7 @@ def test_gelu_is_exact_erf_form():
 
 
 @pytest.mark.parametrize("axis", [-1, 1])
-def test_softmax(axis):
+def test_softmax(ops, axis):
     rng = np.random.default_rng(6)
     x = rand(rng, 4, 5, 16, scale=10.0)
     x[0, 0, :3] -= 100.0  # masked-like entries

@@ -1,5 +1,7 @@
-"""Stateless primitives: linear, conv2d, pixel_shuffle, layer_norm, gelu, softmax, add.
+"""The fast primitives: linear, conv2d, conv2d_gelu, pixel_shuffle, layer_norm, gelu, softmax, add.
 
+The twins of `minstf/reference/ops.py`, with the same signatures (a few take extra
+keyword arguments such as `out=`), proven equal to them by tests/test_kernels.py.
 Every function takes its array module from its inputs (`xp_of`), so the same
 code runs on NumPy and CuPy, and keeps the input's float dtype (float32, or
 float64 in portable mode). Weights keep PyTorch layouts (Linear `(out, in)`,
@@ -18,18 +20,20 @@ two ways, chosen by which moves fewer bytes:
         side, (rows, k*k*Cin), then one product with the (k*k*Cin, O) matrix
 
 Weights keep PyTorch's layout in `params`; the (Cin, k*k*O) and (k*k*Cin, O)
-matrices are made once per weight array (`backend.derived`). Stride 2 (PatchEmbed,
+matrices are made once per weight array (`layouts.derived`). Stride 2 (PatchEmbed,
 h_a) uses im2col on strided views.
 
 Elementwise work (GELU, LayerNorm, softmax, residual adds) runs on NumPy in
-cache-sized blocks of rows (`backend.parallel_rows`: several passes over a block
+cache-sized blocks of rows (`threads.parallel_rows`: several passes over a block
 while it is in cache, on all cores); on CuPy the same kernels run once on the
 whole array.
 """
 import math
 from functools import partial
 
-from .backend import derived, erf, matmul_into, on_host, parallel_ranges, parallel_rows, row_blocks, xp_of
+from ..backend import erf, on_host, xp_of
+from .layouts import derived, matmul_into
+from .threads import BLOCK, parallel_blocks, parallel_ranges, parallel_rows, row_blocks
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
@@ -112,6 +116,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     return out
 
 
+def conv2d_gelu(x, weight, bias=None, stride=1, padding=0):
+    """GELU(conv2d(x)): the convolution's bias is added inside GELU's pass over the map."""
+    x = conv2d(x, weight, None, stride=stride, padding=padding)
+    return gelu(x, bias=bias, out=x)
+
+
 def _taps_first_matrix(weight):
     O, Cin, k, _ = weight.shape
     return weight.reshape(O, Cin, k * k).transpose(1, 2, 0).reshape(Cin, k * k * O)  # -> (Cin, k*k*O)
@@ -144,7 +154,7 @@ def _conv_taps_first(x, weight, bias, p, out):
             y = (xr @ w[:, dy * k * O:(dy + 1) * k * O]).reshape(r1 - r0, W, k * O)  # taps (dy, 0..k-1)
             kernel = partial(_sum_taps, out=out, y=y, y_row0=r0, p=p, dy=dy, k=k,
                              bias=bias if g == 0 else None, first=g == 0, same=same)
-            parallel_ranges(lambda lo, hi: kernel(h0 + lo, h0 + hi), n, Wo * O, block=1 << 17)
+            parallel_ranges(lambda lo, hi: kernel(h0 + lo, h0 + hi), n, Wo * O, block=BLOCK["conv sums"])
 
 
 def _sum_taps(lo, hi, out, y, y_row0, p, dy, k, bias, first, same):
@@ -181,7 +191,7 @@ def _conv_im2col(x, weight, bias, out):
     Ho, Wo, O = out.shape
     k = weight.shape[-1]
     w = derived(weight, "im2col", _im2col_matrix)  # (k*k*Cin, O)
-    for h0, n in row_blocks(Ho, Wo * k * k * Cin, block_elements=1 << 19):  # cols of ~2 MB: in cache
+    for h0, n in row_blocks(Ho, Wo * k * k * Cin, block_elements=BLOCK["im2col"]):  # cols of ~2 MB: in cache
         cols = xp.empty((n, Wo, k * k * Cin), dtype=x.dtype)  # (n, Wo, k*k*Cin)
         parallel_rows(partial(_side_by_side, k=k), cols, *[x[h0 + dy:h0 + dy + n] for dy in range(k)])
         o = out[h0:h0 + n].reshape(n * Wo, O)
@@ -328,3 +338,30 @@ def softmax_inplace(x, axis=-1):
         x *= 1.0 / x.sum(axis=0)
     else:
         x *= (1.0 / xp.einsum("rn->r", x))[:, None]  # for short rows einsum sums faster than .sum
+
+
+# --- the end of the synthesis ------------------------------------------------------------
+def end_conv(x, params, patch_size):
+    """5x5 conv, PixelShuffle(patch_size), 3x3 conv (reference: `minstf/reference/ops.py`).
+
+    The 5x5 convolution runs by bands of rows, each shuffled straight into the full-size
+    map, so that its p*p-times-wider output never exists whole; its output channels are
+    permuted once (c*p*p + i*p + j -> (i*p + j)*e + c) so that the shuffle moves whole pixels.
+    Args: x (B, h, w, e), the last synthesis stage as a map. Returns: (B, p*h, p*w, 3).
+    """
+    xp = xp_of(x)
+    p, w0 = patch_size, params["end_conv.0.weight"]
+    B, h, w, e = x.shape
+    k = w0.shape[-1]
+    w0 = derived(w0, "ijc", lambda a: a.reshape(e, p * p, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
+    b0 = params["end_conv.0.bias"].reshape(e, p * p).T.reshape(-1)
+    x = xp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))  # (B, h+k-1, w+k-1, e)
+    shuffled = xp.empty((B, p * h, p * w, e), dtype=x.dtype)
+
+    def band(h0, n):  # 5x5 on rows h0..h0+n-1: (B, n, w, p*p*e), shuffled to (B, p*n, p*w, e)
+        pixel_shuffle(conv2d(x[:, h0:h0 + n + k - 1], w0, b0), p, out=shuffled[:, p * h0:p * (h0 + n)],
+                      channel_order="ijc")
+
+    parallel_blocks(band, row_blocks(h, w * p * p * e, block_elements=BLOCK["end_conv band"]), on_host(x))
+    w2 = params["end_conv.2.weight"]
+    return conv2d(shuffled, w2, params["end_conv.2.bias"], padding=w2.shape[-1] // 2)  # 3x3: -> (B, p*h, p*w, 3)
