@@ -1,4 +1,5 @@
-"""The whole model against the golden vector, without teacher forcing (GOLDEN.md §5 steps 7-9).
+"""The whole model against the golden vector, without teacher forcing (docs/golden.md §5 steps 7-9),
+on both kernel layers (the `model` fixture runs every test with kernels="fast" and "reference").
 
 Tolerances: atol 1e-4 on unit-scale float tensors, 1e-5 on likelihoods (an
 independent float32 implementation reached <= 1.3e-5 and <= 7.6e-6). Symbols,
@@ -13,6 +14,7 @@ from minstf.config import STFConfig
 from minstf.entropy_models import eb_tables, gc_tables
 from minstf.image import crop, pad, psnr
 from minstf.model import STF, nchw
+from minstf.switch import KERNELS
 
 ATOL, ATOL_LIK = 1e-4, 1e-5
 
@@ -24,10 +26,11 @@ def close(name, ours, ref, atol):
     assert err <= atol, f"{name}: max abs error {err:.2e} > {atol:.0e}"
 
 
-@pytest.fixture(scope="module")
-def model(golden_params):
+@pytest.fixture(scope="module", params=KERNELS)
+def model(golden_params, request):
     eb = {k.split(".", 1)[1]: v for k, v in golden_params.items() if k.startswith("entropy_bottleneck.")}
-    return STF(STFConfig(), golden_params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32)
+    return STF(STFConfig(), golden_params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32,
+               kernels=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
-"""Windows, relative position index and shift masks (STF.md §2.2–2.5)."""
+"""Windows, relative position index and shift masks (docs/architecture.md §2.2–2.5), against golden data."""
 import numpy as np
 import pytest
 
-from minstf.swin import (relative_position_index, shift_attention_mask, window_partition,
+from minstf.reference.swin import (relative_position_index, shift_attention_mask, window_partition,
                          window_reverse)
 
 

@@ -57,19 +57,21 @@ def _executor():
     return _pool
 
 
-def row_blocks(rows, row_elements, overlap=0, block_elements=BLOCK["conv rows"]):
+def row_blocks(rows, row_elements, overlap=0, block_elements=None):
     """[(start, count)] covering `rows` rows in blocks whose work arrays hold about `block_elements`
-    values (`row_elements` a row, plus `overlap` rows that a block also reads)."""
+    values (default BLOCK["conv rows"]; `row_elements` a row, plus `overlap` rows that a block also reads)."""
+    block_elements = BLOCK["conv rows"] if block_elements is None else block_elements
     step = max(1, block_elements // max(row_elements, 1) - overlap)
     return [(lo, min(step, rows - lo)) for lo in range(0, rows, step)]
 
 
-def parallel_rows(kernel, *arrays, block=BLOCK["elementwise"]):
+def parallel_rows(kernel, *arrays, block=None):
     """Call `kernel(*views)` on consecutive row ranges of `arrays`, covering every row once.
 
     Args: arrays with the same first axis (rows); `kernel` reads and writes its
     views in place (outputs are among `arrays`) and must not depend on the order
-    of the ranges. block: about how many elements of the first array a range holds.
+    of the ranges. block: about how many elements of the first array a range holds
+    (default BLOCK["elementwise"]).
     NumPy: ranges run on all cores (`num_threads()`); CuPy: one call on the whole arrays.
     """
     rows = arrays[0].shape[0]
@@ -77,9 +79,11 @@ def parallel_rows(kernel, *arrays, block=BLOCK["elementwise"]):
                     arrays[0].size // max(rows, 1), block, on_host(arrays[0]))
 
 
-def parallel_ranges(kernel, rows, row_elements, block=BLOCK["elementwise"], host=True):
+def parallel_ranges(kernel, rows, row_elements, block=None, host=True):
     """Call `kernel(lo, hi)` on consecutive ranges [lo, hi) covering range(rows), each of about
-    `block` elements (`row_elements` a row), on all cores; one call kernel(0, rows) if not host."""
+    `block` elements (default BLOCK["elementwise"]; `row_elements` a row), on all cores;
+    one call kernel(0, rows) if not host."""
+    block = BLOCK["elementwise"] if block is None else block
     if not host:
         kernel(0, rows)
         return

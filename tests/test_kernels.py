@@ -1,0 +1,282 @@
+"""Every fast kernel (minstf/kernels/) against its reference twin (minstf/reference/).
+
+The fast kernels cut their work into blocks and run them on threads; the
+reference functions compute each formula on whole arrays. They are different
+float code paths, so they are compared with stated tolerances (float32: 2e-5
+absolute on unit-scale values, relative to the magnitude elsewhere; float64: 1e-12),
+on random shapes, odd sizes, shifted and unshifted blocks, and - with the
+block-size table shrunk (`tiny_blocks`) - inputs that cross many block and
+group edges. Pure permutations (pixel shuffle) compare exactly.
+
+The thread helpers are tested directly: every row and block is visited exactly
+once, whatever the thread count and block size.
+"""
+import inspect
+import threading
+
+import numpy as np
+import pytest
+
+import minstf.kernels as fast
+import minstf.reference as ref
+from minstf.kernels import threads
+from minstf.kernels.layouts import derived
+from minstf.switch import INTERFACE, get_kernels, kernels_name
+
+F32 = 2e-5  # float32 tolerance on unit-scale values
+F64 = 1e-12
+
+
+def rand(rng, *shape, scale=1.0, dtype=np.float32):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def close(got, want, tol=F32):
+    """|got - want| <= tol * max(1, max|want|), same shape and dtype."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(got.astype(np.float64) - want).max())
+    assert err <= tol * scale, f"max |fast - reference| {err:.3e} > {tol * scale:.3e}"
+
+
+@pytest.fixture(params=["default blocks", "tiny blocks"])
+def blocks(request, monkeypatch):
+    """Run a test with the real block-size table and with one shrunk so that every kernel
+    crosses many block, group and band edges on small inputs."""
+    if request.param == "tiny blocks":
+        for name in threads.BLOCK:
+            monkeypatch.setitem(threads.BLOCK, name, 96)
+    return request.param
+
+
+# --- the interface -----------------------------------------------------------------------------
+def test_both_layers_have_the_whole_interface_with_compatible_signatures():
+    for name in INTERFACE:
+        r, f = inspect.signature(getattr(ref, name)), inspect.signature(getattr(fast, name))
+        rp, fp = list(r.parameters.values()), list(f.parameters.values())
+        assert [p.name for p in fp[:len(rp)]] == [p.name for p in rp], name  # the reference's arguments first
+        assert all(p.default is not inspect.Parameter.empty or p.kind == p.VAR_KEYWORD for p in fp[len(rp):]), name
+    assert kernels_name(get_kernels("fast")) == "fast" and kernels_name(get_kernels("reference")) == "reference"
+    with pytest.raises(ValueError, match="unknown kernels"):
+        get_kernels("quick")
+
+
+# --- primitives ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype, tol", [(np.float32, F32), (np.float64, F64)])
+def test_linear(blocks, dtype, tol):
+    rng = np.random.default_rng(0)
+    x, w, b = rand(rng, 3, 7, 13, dtype=dtype), rand(rng, 9, 13, dtype=dtype), rand(rng, 9, dtype=dtype)
+    close(fast.linear(x, w, b), ref.linear(x, w, b), tol)
+    close(fast.linear(x, w), ref.linear(x, w), tol)
+    out = np.empty((3, 7, 9), dtype)
+    fast.linear(x, w, b, out=out)
+    close(out, ref.linear(x, w, b), tol)
+
+
+CONVS = [  # B, H, W, Cin, O, k, stride, padding: both fast paths (taps first: O <= Cin; im2col: O > Cin)
+    (1, 7, 9, 8, 5, 3, 1, 1),  # taps first, odd sizes
+    (2, 11, 6, 3, 12, 5, 1, 2),  # im2col 5x5, batch 2
+    (1, 9, 13, 6, 6, 3, 2, 1),  # stride 2, odd sizes (h_a)
+    (2, 8, 10, 3, 5, 2, 2, 0),  # PatchEmbed: k=2, stride 2
+    (1, 6, 5, 7, 4, 3, 1, 0),  # taps first, no padding
+    (1, 5, 4, 2, 9, 3, 1, 0),  # im2col, no padding
+    (1, 1, 1, 4, 4, 3, 1, 1),  # a 1x1 map: only the centre tap reads pixels
+    (1, 2, 3, 4, 2, 5, 1, 2),  # a map smaller than the kernel
+    (1, 4, 6, 3, 3, 1, 1, 0),  # 1x1 conv
+    (1, 33, 17, 16, 8, 3, 1, 1),  # many rows: several row blocks
+]
+
+
+@pytest.mark.parametrize("B,H,W,Cin,O,k,stride,padding", CONVS)
+def test_conv2d(blocks, B, H, W, Cin, O, k, stride, padding):
+    rng = np.random.default_rng(H * 100 + W + O)
+    x, w, b = rand(rng, B, H, W, Cin), rand(rng, O, Cin, k, k, scale=0.3), rand(rng, O)
+    close(fast.conv2d(x, w, b, stride, padding), ref.conv2d(x, w, b, stride, padding))
+    close(fast.conv2d(x, w, None, stride, padding), ref.conv2d(x, w, None, stride, padding))
+    close(fast.conv2d_gelu(x, w, b, stride, padding), ref.conv2d_gelu(x, w, b, stride, padding))
+
+
+def test_conv2d_float64(blocks):
+    rng = np.random.default_rng(7)
+    for Cin, O in ((8, 4), (3, 10)):  # both paths
+        x, w, b = (rand(rng, 1, 9, 7, Cin, dtype=np.float64), rand(rng, O, Cin, 3, 3, dtype=np.float64),
+                   rand(rng, O, dtype=np.float64))
+        close(fast.conv2d_gelu(x, w, b, 1, 1), ref.conv2d_gelu(x, w, b, 1, 1), F64)
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_pixel_shuffle_is_the_same_permutation(r):
+    rng = np.random.default_rng(r)
+    x = rand(rng, 2, 3, 5, 4 * r * r)
+    np.testing.assert_array_equal(fast.pixel_shuffle(x, r), ref.pixel_shuffle(x, r))
+    out = np.empty((2, 3 * r, 5 * r, 4), np.float32)
+    fast.pixel_shuffle(x, r, out=out)
+    np.testing.assert_array_equal(out, ref.pixel_shuffle(x, r))
+    # "ijc": input channel (i*r + j)*C + c instead of c*r*r + i*r + j
+    ijc = x.reshape(2, 3, 5, 4, r * r).swapaxes(-1, -2).reshape(x.shape)
+    np.testing.assert_array_equal(fast.pixel_shuffle(ijc, r, channel_order="ijc"), ref.pixel_shuffle(x, r))
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, F32), (np.float64, F64)])
+def test_layer_norm(blocks, dtype, tol):
+    rng = np.random.default_rng(4)
+    x = rand(rng, 3, 37, 48, scale=3.0, dtype=dtype) + 2.0
+    w, b = 1 + rand(rng, 48, scale=0.1, dtype=dtype), rand(rng, 48, scale=0.1, dtype=dtype)
+    close(fast.layer_norm(x, w, b), ref.layer_norm(x, w, b), tol)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, F64)])
+def test_gelu(blocks, dtype, tol):
+    """float32: the fast erfc fit vs the library erf, relative error < 1.2e-7 by design."""
+    rng = np.random.default_rng(5)
+    x = rand(rng, 301, 33, scale=4.0, dtype=dtype)
+    x[0, :5] = [0.0, -0.0, 12.0, -12.0, 1e-30]
+    close(fast.gelu(x), ref.gelu(x), tol)
+    b = rand(rng, 33, dtype=dtype)
+    close(fast.gelu(x, bias=b), ref.gelu(x + b), tol)
+    y = x.copy()
+    fast.gelu(y, out=y)  # in place
+    close(y, ref.gelu(x), tol)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax(blocks, axis):
+    rng = np.random.default_rng(6)
+    x = rand(rng, 40, 16, scale=10.0)
+    x[0, :3] -= 100.0  # masked-like entries
+    close(fast.softmax(x, axis=axis), ref.softmax(x, axis=axis), 1e-6)
+
+
+# --- attention and Swin blocks ------------------------------------------------------------------
+def block_params(rng, prefix, C, heads, ws, hidden):
+    p = lambda *shape: rand(rng, *shape, scale=0.2)  # noqa: E731
+    return {f"{prefix}.norm1.weight": 1 + p(C), f"{prefix}.norm1.bias": p(C),
+            f"{prefix}.attn.qkv.weight": p(3 * C, C), f"{prefix}.attn.qkv.bias": p(3 * C),
+            f"{prefix}.attn.relative_position_bias_table": p((2 * ws - 1) ** 2, heads),
+            f"{prefix}.attn.proj.weight": p(C, C), f"{prefix}.attn.proj.bias": p(C),
+            f"{prefix}.norm2.weight": 1 + p(C), f"{prefix}.norm2.bias": p(C),
+            f"{prefix}.mlp.fc1.weight": p(hidden, C), f"{prefix}.mlp.fc1.bias": p(hidden),
+            f"{prefix}.mlp.fc2.weight": p(C, hidden), f"{prefix}.mlp.fc2.bias": p(C)}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_window_attention(blocks, masked):
+    rng = np.random.default_rng(8)
+    ws, C, heads, B, H, W = 4, 12, 3, 2, 8, 12
+    params = block_params(rng, "b", C, heads, ws, 4 * C)
+    nW = (H // ws) * (W // ws)
+    x = rand(rng, B * nW, ws * ws, C)
+    mask = ref.shift_attention_mask(H, W, ws, ws // 2) if masked else None
+    close(fast.window_attention(x, params, "b.attn", heads, mask), ref.window_attention(x, params, "b.attn", heads, mask))
+
+
+@pytest.mark.parametrize("B,H,W,C,heads,ws", [
+    (1, 8, 12, 12, 3, 4),  # whole windows
+    (2, 6, 10, 8, 2, 4),  # padded to 8x12, batch 2
+    (1, 5, 3, 6, 1, 4),  # smaller than a window on both axes
+    (1, 13, 9, 16, 4, 4),  # odd, several window rows
+    (1, 7, 11, 6, 2, 3),  # window size 3, shift 1
+])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_swin_block(blocks, B, H, W, C, heads, ws, shifted):
+    rng = np.random.default_rng(B * 1000 + H * 10 + W)
+    params = block_params(rng, "blk", C, heads, ws, 4 * C)
+    x = rand(rng, B, H * W, C)
+    shift = ws // 2 if shifted else 0
+    mask = ref.shift_attention_mask(H, W, ws, ws // 2)
+    got = fast.swin_block(x, H, W, params, "blk", heads, ws, shift=shift, mask=mask)
+    close(got, ref.swin_block(x, H, W, params, "blk", heads, ws, shift=shift, mask=mask))
+    assert not np.shares_memory(got, x)
+
+
+def test_swin_block_float64(blocks):
+    rng = np.random.default_rng(9)
+    params = {k: v.astype(np.float64) for k, v in block_params(rng, "blk", 8, 2, 4, 32).items()}
+    x = rand(rng, 1, 6 * 10, 8, dtype=np.float64)
+    mask = ref.shift_attention_mask(6, 10, 4, 2)
+    close(fast.swin_block(x, 6, 10, params, "blk", 2, 4, 2, mask), ref.swin_block(x, 6, 10, params, "blk", 2, 4, 2, mask),
+          F64)
+
+
+@pytest.mark.parametrize("h, w", [(3, 5), (8, 12), (17, 4)])
+def test_end_conv(blocks, h, w):
+    rng = np.random.default_rng(h + w)
+    e, p = 6, 2
+    params = {"end_conv.0.weight": rand(rng, p * p * e, e, 5, 5, scale=0.2), "end_conv.0.bias": rand(rng, p * p * e),
+              "end_conv.2.weight": rand(rng, 3, e, 3, 3, scale=0.2), "end_conv.2.bias": rand(rng, 3)}
+    x = rand(rng, 2, h, w, e)
+    close(fast.end_conv(x, params, p), ref.end_conv(x, params, p))
+
+
+# --- the thread helpers and the layout cache -------------------------------------------------------
+@pytest.mark.parametrize("rows, row_elements, overlap, block", [
+    (0, 5, 0, 10), (1, 5, 0, 10), (10, 1, 0, 3), (10, 4, 2, 8), (7, 100, 0, 10), (100, 3, 0, 1 << 22)])
+def test_row_blocks_cover_every_row_once(rows, row_elements, overlap, block):
+    got = threads.row_blocks(rows, row_elements, overlap, block)
+    covered = [r for lo, n in got for r in range(lo, lo + n)]
+    assert covered == list(range(rows)) and all(n >= 1 for _, n in got)
+
+
+@pytest.mark.parametrize("threads_env", ["1", "2", "3"])
+@pytest.mark.parametrize("rows, block", [(1, 1), (17, 4), (100, 7), (5, 1000)])
+def test_parallel_ranges_and_rows_visit_every_row_once(monkeypatch, threads_env, rows, block):
+    monkeypatch.setenv("MINSTF_NUM_THREADS", threads_env)
+    seen, lock = [], threading.Lock()
+
+    def kernel(lo, hi):
+        with lock:
+            seen.extend(range(lo, hi))
+
+    threads.parallel_ranges(kernel, rows, 1, block=block)
+    assert sorted(seen) == list(range(rows))
+    a = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+    out = np.zeros_like(a)
+    threads.parallel_rows(lambda o, x: np.add(x, 1, out=o), out, a, block=block)
+    np.testing.assert_array_equal(out, a + 1)
+
+
+@pytest.mark.parametrize("threads_env", ["1", "2"])
+def test_parallel_blocks_run_every_block_once_and_nest(monkeypatch, threads_env):
+    monkeypatch.setenv("MINSTF_NUM_THREADS", threads_env)
+    counts = np.zeros(20, int)
+    inner = np.zeros(20 * 8, int)
+
+    def work(i, n):
+        counts[i] += n
+        threads.parallel_ranges(lambda lo, hi: inner.__setitem__(slice(8 * i + lo, 8 * i + hi),
+                                                                 inner[8 * i + lo:8 * i + hi] + 1), 8, 1, block=3)
+
+    threads.parallel_blocks(work, [(i, 1) for i in range(20)])
+    assert counts.tolist() == [1] * 20 and inner.tolist() == [1] * 160
+
+
+def test_parallel_blocks_propagate_errors():
+    def work(i):
+        if i == 3:
+            raise RuntimeError("block 3")
+
+    with pytest.raises(RuntimeError, match="block 3"):
+        threads.parallel_blocks(work, [(i,) for i in range(6)])
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    rng = np.random.default_rng(10)
+    params = block_params(rng, "blk", 12, 3, 4, 48)
+    x = rand(rng, 1, 13 * 9, 12)
+    mask = ref.shift_attention_mask(13, 9, 4, 2)
+    monkeypatch.setitem(threads.BLOCK, "window group", 200)
+    outs = []
+    for n in ("1", "2"):
+        monkeypatch.setenv("MINSTF_NUM_THREADS", n)
+        outs.append(fast.swin_block(x, 13, 9, params, "blk", 3, 4, 2, mask))
+    close(outs[0], outs[1], 1e-6)
+
+
+def test_derived_layouts_are_made_once_per_array():
+    calls = []
+    w = np.arange(6.0).reshape(2, 3)
+    make = lambda a: calls.append(1) or a.T.copy()  # noqa: E731
+    assert derived(w, "t", make) is derived(w, "t", make) and len(calls) == 1
+    w2 = w.copy()  # a new array: its own layout, even if it reuses a freed id()
+    np.testing.assert_array_equal(derived(w2, "t", make), w.T)
+    assert len(calls) == 2
