@@ -11,8 +11,49 @@ that they scale with `embed_dim` (e = embed_dim):
     h_a                 8e -> 8e -> 7e -> 6e (stride 2) -> 5e -> 4e (stride 2)
     h_mean_s/h_scale_s  4e -> 5e -> 6e (x2 up) -> 7e -> 8e (x2 up) -> 8e
     slice networks      M + S*k -> slice_hidden[0..3] -> S   (S = M / num_slices)
+
+Ranges
+------
+A configuration also arrives from untrusted files (a weight file's metadata, the
+shapes of a checkpoint), so `__post_init__` checks every field before anything is
+built from it, and raises ValueError (the readers turn it into WeightsError).
+Integers must be integers (not floats, not bools); the bounds are generous
+multiples of what a real STF has (upstream: e = 48, 4 stages of depth <= 6,
+24 heads, window 4, 12 slices):
+
+    patch_size          int          1 .. 16
+    in_chans            int          1 .. 16
+    embed_dim           int          1 .. 1024
+    depths              ints         1 .. 8 stages, each 1 .. 64 blocks
+    num_heads           ints         one per stage, each 1 .. 256, dividing its stage width
+    window_size         int          1 .. 32
+    mlp_ratio           finite real  0 < r <= 16, at least one hidden unit in every stage
+    num_slices          int          1 .. 64, dividing M
+    max_support_slices  int          0 .. num_slices
+    slice_hidden        4 ints       each 1 .. 4096
+    M (widest stage)    derived      <= 4096
+
+`SMALL_CONFIG` (the shipped weights) and `FULL_CONFIG` (upstream) are defined
+at the end, so that they are reachable without torch.
 """
+import math
+import numbers
 from dataclasses import asdict, dataclass
+
+# (low, high) of every integer field, and of each entry of the tuple fields
+INT_RANGES = {"patch_size": (1, 16), "in_chans": (1, 16), "embed_dim": (1, 1024), "window_size": (1, 32),
+              "num_slices": (1, 64), "max_support_slices": (0, 64)}
+TUPLE_RANGES = {"depths": (1, 64), "num_heads": (1, 256), "slice_hidden": (1, 4096)}
+MAX_STAGES, MAX_MLP_RATIO, MAX_LATENT = 8, 16.0, 4096
+
+
+def _int(name, v, low, high):
+    """v as an int in low..high, or ValueError (floats and bools are not integers)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {type(v).__name__} {str(v)[:40]}")
+    if not low <= v <= high:
+        raise ValueError(f"{name} = {v} is outside {low}..{high}")
+    return int(v)
 
 
 @dataclass(frozen=True)
@@ -29,11 +70,28 @@ class STFConfig:
     slice_hidden: tuple = (224, 176, 128, 64)
 
     def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 — frozen
+        for name, (low, high) in INT_RANGES.items():
+            set_(name, _int(name, getattr(self, name), low, high))
         # tuples, also when built from JSON lists
-        for name in ("depths", "num_heads", "slice_hidden"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name, (low, high) in TUPLE_RANGES.items():
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)) or not 1 <= len(values) <= MAX_STAGES:
+                raise ValueError(f"{name} must be a list of 1..{MAX_STAGES} integers, got {str(values)[:60]}")
+            set_(name, tuple(_int(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)))
+        r = self.mlp_ratio
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) \
+                or not 0 < r <= MAX_MLP_RATIO:
+            raise ValueError(f"mlp_ratio must be a finite number in (0, {MAX_MLP_RATIO}], got {str(r)[:40]}")
+        set_("mlp_ratio", float(r))
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} leaves no hidden unit at width {self.embed_dim}")
         if len(self.depths) != len(self.num_heads):
             raise ValueError("depths and num_heads must have the same length")
+        if len(self.slice_hidden) != 4:
+            raise ValueError(f"slice_hidden must have 4 widths, got {len(self.slice_hidden)}")
+        if self.M > MAX_LATENT:
+            raise ValueError(f"latent channels {self.M} (embed_dim * 2**(stages-1)) exceed {MAX_LATENT}")
         if self.M % self.num_slices:
             raise ValueError(f"latent channels {self.M} are not divisible by num_slices {self.num_slices}")
         for dim, heads in zip(self.stage_dims, self.num_heads):
@@ -83,8 +141,22 @@ class STFConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ValueError(f"a configuration is a JSON object, not {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown configuration fields: {sorted(unknown)}")
+            raise ValueError(f"unknown configuration fields: {sorted(map(str, unknown))[:10]}")
         return cls(**d)
+
+
+# `small` is the shipped default model: every code path of the full STF (four stages
+# with shifted windows in each — depth 2 everywhere, PatchMerging / PatchSplit,
+# hyperprior, channel-conditional slices with the max-support cap, LRP), at 1.45 M
+# parameters (5.8 MB as float32), so that three rate points fit in 20 MB and train on
+# two CPU cores. Widths derive from embed_dim = 8: stages 8/16/32/64, y 64 channels in
+# 4 slices of 16 (later slices see only the first 2), z 32 channels; head dim 8/16/16/16.
+SMALL_CONFIG = STFConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 4), num_slices=4,
+                         max_support_slices=2, slice_hidden=(32, 24, 16, 16))
+FULL_CONFIG = STFConfig()  # upstream's SymmetricalTransFormer()
+CONFIGS = {"small": SMALL_CONFIG, "full": FULL_CONFIG}

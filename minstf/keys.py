@@ -5,11 +5,19 @@ shapes: the weight loader validates against it, the synthetic-weight recipe
 walks it, and the PyTorch mirror must produce exactly these keys. For the
 default configuration it reproduces `spec/keys-stf.tsv` row for row.
 
+`config_from_shapes` runs the other way: the one configuration whose keys and
+shapes a set of tensors has (a minstf weight file's metadata must name exactly it).
+`relative_position_index` is the formula of the one constant buffer that checkpoints
+carry and minstf derives.
+
 Layouts are PyTorch's: Linear (out, in), Conv2d (out, in, kH, kW).
 """
+import math
 from dataclasses import dataclass
 
-from .config import STFConfig
+import numpy as np
+
+from .config import MAX_STAGES, STFConfig
 
 # Entropy-model buffers whose shape is only known after the CDF tables are built
 # (empty in a freshly constructed upstream model and in train.py checkpoints).
@@ -152,3 +160,46 @@ def state_dict_spec(config: STFConfig = STFConfig()):
 def param_spec(config: STFConfig = STFConfig()):
     """Only the learned parameters: what a minstf weight file must hold."""
     return [k for k in state_dict_spec(config) if k.kind == "param"]
+
+
+def relative_position_index(ws):
+    """(N, N) int64, N = ws*ws: the row of the bias table for query n and key m.
+
+    Token n sits at (r, c) = divmod(n, ws) in its window; the pair's offset
+    (dr, dc) in -(ws-1)..ws-1 is numbered row-major over the (2ws-1)^2 offsets."""
+    r, c = np.divmod(np.arange(ws * ws), ws)
+    dr = r[:, None] - r[None, :] + (ws - 1)  # (N, N), 0..2ws-2
+    dc = c[:, None] - c[None, :] + (ws - 1)
+    return (dr * (2 * ws - 1) + dc).astype(np.int64)
+
+
+def config_from_shapes(shapes):
+    """The STFConfig of {minstf key: shape}; KeyError, IndexError or ValueError if there is none.
+
+    Every field is read off one tensor (the rest are checked against
+    state_dict_spec by the caller): the patch embedding gives e, in_chans and
+    the patch size; the stage and block numbers give depths; the bias tables give
+    heads and window size; fc1 gives mlp_ratio = hidden / e; the slice networks
+    give num_slices, slice_hidden and the support cap (from the last slice's inputs).
+    """
+    def ids(prefix, at):  # the numbers at position `at` of the keys under prefix
+        return {int(k.split(".")[at]) for k in shapes
+                if k.startswith(prefix) and k.split(".")[at].isdecimal() and len(k.split(".")[at]) < 4}
+
+    e, in_chans, p, p2 = shapes["patch_embed.proj.weight"]
+    if p != p2:
+        raise ValueError(f"patch_embed.proj.weight is not square: {p}x{p2}")
+    stages = range(max(ids("layers.", 1)) + 1)
+    if len(stages) > MAX_STAGES:  # before a loop over them
+        raise ValueError(f"{len(stages)} stages (at most {MAX_STAGES})")
+    depths = tuple(max(ids(f"layers.{i}.blocks.", 3)) + 1 for i in stages)
+    heads = tuple(shapes[f"layers.{i}.blocks.0.attn.relative_position_bias_table"][1] for i in stages)
+    ws = (math.isqrt(shapes["layers.0.blocks.0.attn.relative_position_bias_table"][0]) + 1) // 2
+    mlp_ratio = shapes["layers.0.blocks.0.mlp.fc1.weight"][0] / e
+    num_slices = max(ids("cc_mean_transforms.", 1)) + 1
+    hidden = tuple(shapes[f"cc_mean_transforms.0.{j}.weight"][0] for j in (0, 2, 4, 6))
+    M = e * 2 ** (len(depths) - 1)
+    support = (shapes[f"cc_mean_transforms.{num_slices - 1}.0.weight"][1] - M) // (M // num_slices)
+    return STFConfig(patch_size=p, in_chans=in_chans, embed_dim=e, depths=depths, num_heads=heads,
+                     window_size=ws, mlp_ratio=mlp_ratio, num_slices=num_slices,
+                     max_support_slices=support, slice_hidden=hidden)

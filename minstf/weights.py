@@ -1,4 +1,4 @@
-"""minstf weight files: save, load and validate them, and convert upstream checkpoints.
+"""minstf weight files: save, load and validate them (upstream checkpoints: convert.py).
 
 File format
 -----------
@@ -35,17 +35,32 @@ Fingerprint: SHA-256 over all tensors (parameters and tables) in sorted key orde
 e.g. `["h_a.0.bias","F32",[384],1536]\\n`, followed by the tensor's nbytes raw bytes
 (C order, little-endian). Metadata is not hashed: the fingerprint names the numbers.
 
-Files are untrusted input: every header field is checked (size limits, dtypes, offsets
-inside the data section and not overlapping, byte counts matching shapes) before any
-tensor memory is allocated, and every failure is a WeightsError naming the problem.
+What the fingerprint covers. Metadata is not hashed, yet a .mstf file names its weights
+by fingerprint alone, so no metadata may change what the weights compute. Of the reserved
+keys, `format`, `format_version` and `model` must be exactly the values above, and
+`config` must be exactly the configuration that the tensors' keys and shapes imply
+(keys.config_from_shapes: every STFConfig field is readable off some shape, e.g.
+mlp_ratio = fc1 rows / embed_dim, the support cap from the last slice network's inputs);
+a file whose `config` says anything else is refused. So the fingerprint, over the
+tensors, pins the whole behaviour, without a change to its definition: the shipped
+weight files keep their fingerprints. Free-text keys (name, ...) change nothing.
+
+Files are untrusted input. Before any tensor memory is allocated, every header field is
+checked: a header of at most MAX_HEADER_BYTES, JSON nested no deeper than the format
+needs, at most MAX_TENSORS tensors, a data section of at most MAX_DATA_BYTES, dtypes,
+shapes of at most MAX_NDIM integer dimensions (not bools) each at most MAX_DIM, offsets
+inside the data section and not overlapping, byte counts matching shapes (so the tensors
+allocated never exceed the file). The container accepts zero-size tensors (the empty CDF
+buffers of upstream state dicts); a minstf weight file never holds one. Then the
+configuration is range-checked (config.py) before anything is built from it, every
+parameter must be finite (a NaN weight would otherwise decode to a black image with exit
+code 0), and every failure is one WeightsError naming the file and the problem.
 """
 import hashlib
 import json
 import math
 import os
-import re
 import tempfile
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +69,14 @@ import numpy as np
 
 from .config import STFConfig
 from .errors import OutputExists, WeightsError
-from .keys import TABLE_BUFFERS, param_spec, state_dict_spec
-from .swin import relative_position_index
+from .keys import TABLE_BUFFERS, config_from_shapes, param_spec
 
 FORMAT, FORMAT_VERSION, MODEL = "minstf-weights", "1", "stf"
 RESERVED_METADATA = ("format", "format_version", "model", "config", "fingerprint")
-MAX_HEADER_BYTES = 100 * 2**20
+MAX_HEADER_BYTES = 16 * 2**20  # the full STF's header is ~80 kB
+MAX_TENSORS = 65536  # the largest configuration config.py allows has ~16 k keys
+MAX_DATA_BYTES = 2**32  # the full STF is 0.4 GB
+MAX_NDIM, MAX_DIM = 8, 2**31
 DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8")}
 DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 TABLE_DTYPES = {k: ("F32" if k.endswith("scale_table") else "I32") for k in TABLE_BUFFERS}
@@ -115,6 +132,41 @@ def _no_duplicates(pairs):
     return dict(pairs)
 
 
+def _short(value, limit=120):
+    """A bounded printout of a JSON value (the repr of a deep one would recurse)."""
+    try:
+        return json.dumps(value)[:limit]
+    except (RecursionError, TypeError, ValueError):
+        return type(value).__name__
+
+
+def _nesting_at_most(value, limit):
+    """True if a parsed JSON value nests at most `limit` containers deep (no recursion)."""
+    todo = [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, (dict, list)):
+            if depth > limit:
+                return False
+            todo.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def _parse_json(where, raw, limit=3):
+    """JSON nested at most `limit` deep (the header: {key: {"shape": [...]}})."""
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise WeightsError(f"{where}: JSON nested too deeply") from None
+    except MemoryError:
+        raise WeightsError(f"{where}: JSON too large to parse") from None
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: also ints of more than 4300 digits
+        raise WeightsError(f"{where}: not valid JSON ({str(e)[:200]})") from None
+    if not _nesting_at_most(value, limit):
+        raise WeightsError(f"{where}: JSON nested deeper than the {limit} levels of the format")
+    return value
+
+
 def _parse_header(path, size, f):
     """The validated header: ([(key, dtype, shape, begin, end)], metadata, data start)."""
     head = f.read(8)
@@ -124,37 +176,40 @@ def _parse_header(path, size, f):
     if n > MAX_HEADER_BYTES or 8 + n > size:
         raise WeightsError(f"{path}: declared header length {n} exceeds the file size {size} "
                            f"or the limit {MAX_HEADER_BYTES} (truncated or not a weight file)")
-    try:
-        header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise WeightsError(f"{path}: header is not valid JSON ({e})") from None
+    data_len = size - 8 - n
+    if data_len > MAX_DATA_BYTES:
+        raise WeightsError(f"{path}: data section of {data_len} bytes exceeds the limit {MAX_DATA_BYTES}")
+    header = _parse_json(path, f.read(n))
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: header is not a JSON object")
     metadata = header.pop("__metadata__", {})
     if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise WeightsError(f"{path}: __metadata__ must map strings to strings")
-    data_len = size - 8 - n
+    if len(header) > MAX_TENSORS:
+        raise WeightsError(f"{path}: {len(header)} tensors, more than the {MAX_TENSORS} allowed")
     entries = []
     for key, info in header.items():
         try:
             code, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            ok = (code in DTYPES and isinstance(shape, list)
-                  and all(type(v) is int and v >= 0 for v in (*shape, begin, end)))
+            ok = (type(code) is str and code in DTYPES and type(shape) is list and len(shape) <= MAX_NDIM
+                  and all(type(v) is int and 0 <= v <= MAX_DIM for v in shape)
+                  and all(type(v) is int and v >= 0 for v in (begin, end)))
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise WeightsError(f"{path}: bad header entry for {key!r}: {str(info)[:120]} "
-                               f"(dtypes allowed: {', '.join(DTYPES)})")
+            raise WeightsError(f"{path}: bad header entry for {key[:100]!r}: {_short(info)} (dtypes allowed: "
+                               f"{', '.join(DTYPES)}; at most {MAX_NDIM} integer dimensions, each "
+                               f"0..{MAX_DIM}; offsets non-negative integers)")
         if not begin <= end <= data_len:
-            raise WeightsError(f"{path}: {key}: data_offsets [{begin}, {end}] outside the data section "
+            raise WeightsError(f"{path}: {key[:100]}: data_offsets [{begin}, {end}] outside the data section "
                                f"of {data_len} bytes (truncated file?)")
         if end - begin != math.prod(shape) * DTYPES[code].itemsize:
-            raise WeightsError(f"{path}: {key}: {end - begin} bytes do not hold {code} {shape}")
+            raise WeightsError(f"{path}: {key[:100]}: {end - begin} bytes do not hold {code} {shape}")
         entries.append((key, code, tuple(shape), begin, end))
     entries.sort(key=lambda e: (e[3], e[4]))
     for a, b in zip(entries, entries[1:]):
         if b[3] < a[4]:
-            raise WeightsError(f"{path}: tensors {a[0]} and {b[0]} overlap")
+            raise WeightsError(f"{path}: tensors {a[0][:100]} and {b[0][:100]} overlap")
     return entries, metadata, 8 + n
 
 
@@ -217,8 +272,9 @@ def table_problems(tables, config):
         cdf = tables.get(f"{model}._quantized_cdf")
         if cdf is None:
             continue
-        if cdf.ndim != 2 or cdf.shape[0] != (rows or cdf.shape[0]):
-            problems.append(f"{model}._quantized_cdf has shape {cdf.shape}, expected ({rows or 'n'}, width)")
+        if cdf.ndim != 2 or cdf.shape[0] != (rows or cdf.shape[0]) or cdf.shape[0] < 1 or cdf.shape[1] < 3:
+            problems.append(f"{model}._quantized_cdf has shape {cdf.shape}, expected ({rows or 'n'}, width), "
+                            f"at least one row of width 3 or more")
             continue
         rows = cdf.shape[0]
         for k in TABLE_BUFFERS:
@@ -229,7 +285,30 @@ def table_problems(tables, config):
         if length is not None and length.shape == (rows,) and length.size \
                 and not (length.min() >= 3 and length.max() <= cdf.shape[1]):
             problems.append(f"{model}._cdf_length has values outside 3..{cdf.shape[1]} (the table width)")
+    scales = tables.get("gaussian_conditional.scale_table")
+    if scales is not None and scales.dtype.kind == "f" and not (scales.size and np.all(scales > 0)
+                                                                and np.isfinite(scales).all()):
+        problems.append("gaussian_conditional.scale_table must be non-empty, finite and positive")
     return problems
+
+
+def nonfinite_problem(arrays, limit=5):
+    """'' if every float array of {key: array} is finite, else one line naming the first bad keys."""
+    bad = [k for k, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if not bad:
+        return ""
+    return f"non-finite values (NaN or Inf) in {len(bad)} parameters: {_listed(bad, limit)}"
+
+
+def config_problems(params, config):
+    """How `config` differs from the one the keys and shapes of params imply (an aligned set)."""
+    try:
+        implied = config_from_shapes({k: a.shape for k, a in params.items()})
+    except (KeyError, IndexError, ValueError, ZeroDivisionError) as e:
+        return [f"the shapes imply no configuration ({type(e).__name__}: {e})"]
+    given, found = config.to_dict(), implied.to_dict()
+    return [f"{k} is {given[k]} in the configuration but {found[k]} in the tensors"
+            for k in given if given[k] != found[k]]
 
 
 def _check(params, tables, config, where):
@@ -239,6 +318,14 @@ def _check(params, tables, config, where):
                  if k in expected and a.dtype != np.float32]
     if problems:
         raise WeightsError(f"{where}: does not fit the STF configuration: " + "; ".join(problems))
+    # shapes that fit can still leave a field open (mlp_ratio 4.0 and 4.01 give the same fc1):
+    # the configuration must be the one the tensors imply, so that the fingerprint pins it
+    problems = config_problems(params, config)
+    if problems:
+        raise WeightsError(f"{where}: configuration is not the one its tensors imply: " + "; ".join(problems))
+    bad = nonfinite_problem({k: params[k] for k in expected})  # first bad keys in upstream order
+    if bad:
+        raise WeightsError(f"{where}: {bad}")
 
 
 # --- minstf weight files -----------------------------------------------------------------
@@ -294,10 +381,12 @@ def load_weights(path, verify=True):
         raise WeightsError(f"{path}: format version {meta.get('format_version')!r} / model "
                            f"{meta.get('model')!r} not supported "
                            f"(this minstf reads {FORMAT_VERSION!r} / {MODEL!r})")
-    try:
-        config = STFConfig.from_dict(json.loads(meta["config"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{path}: bad configuration in metadata ({e})") from None
+    if "config" not in meta:
+        raise WeightsError(f"{path}: bad configuration in metadata (no config)")
+    try:  # range-checked (STFConfig.__post_init__) before anything is built from it
+        config = STFConfig.from_dict(_parse_json(f"{path}: config", meta["config"].encode(), limit=2))
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: bad configuration in metadata ({str(e)[:300]})") from None
     tables = {k: v for k, v in tensors.items() if k in TABLE_BUFFERS}
     params = {k: v for k, v in tensors.items() if k not in TABLE_BUFFERS}
     _check(params, tables, config, str(path))
@@ -308,127 +397,3 @@ def load_weights(path, verify=True):
         raise WeightsError(f"{path}: fingerprint mismatch — the tensors were changed after the file "
                            f"was written")
     return WeightsFile(config, params, tables, meta, digest)
-
-
-# --- upstream checkpoints ----------------------------------------------------------------
-
-_EB_LIST = re.compile(r"entropy_bottleneck\._?(matrices|biases|factors)\.(\d+)")
-_SINGULAR = {"matrices": "matrix", "biases": "bias", "factors": "factor"}
-
-
-def rename_upstream_key(key):
-    """The minstf (= STF fork) name of a checkpoint key, or None for keys to drop."""
-    # nn.DataParallel keeps the model as `.module`; upstream train.py uses it with 2+ GPUs
-    if key.startswith("module."):
-        key = key[len("module."):]
-    # h_s.* are left-overs of older CompressAI models; the STF fork's own loader drops them
-    if key.startswith("h_s."):
-        return None
-    # the entropy bottleneck's density network: CompressAI 1.2.7+ stores ParameterLists
-    # (`matrices.0`), some older checkpoints `_matrices.0`; the STF fork says `_matrix0`
-    m = _EB_LIST.fullmatch(key)
-    if m:
-        return f"entropy_bottleneck._{_SINGULAR[m[1]]}{m[2]}"
-    return key
-
-
-def state_dict_to_params(state_dict, config):
-    """Upstream state dict -> {key: float32 array} aligned with param_spec(config)."""
-    renamed = {}
-    for key, value in state_dict.items():
-        new = rename_upstream_key(key)
-        if new is None:
-            continue
-        if new in renamed:
-            raise WeightsError(f"checkpoint holds {new} twice (under two naming schemes)")
-        renamed[new] = np.asarray(value)
-    spec = state_dict_spec(config)
-    buffers = {s.key for s in spec if s.kind == "buffer"}  # constants and tables: derived, not read
-    index = relative_position_index(config.window_size)
-    wrong = [s.key for s in spec if s.key.endswith("relative_position_index") and s.key in renamed
-             and not np.array_equal(renamed[s.key], index)]
-    if wrong:
-        raise WeightsError(f"checkpoint: relative_position_index differs from the one for window size "
-                           f"{config.window_size}: {_listed(wrong)}")
-    params = {k: v for k, v in renamed.items() if k not in buffers}
-    expected = {s.key: s.shape for s in spec if s.kind == "param"}
-    problems = alignment_problems(params, expected)
-    problems += [f"{k} has dtype {a.dtype}" for k, a in params.items() if k in expected and a.dtype.kind != "f"]
-    if problems:
-        raise WeightsError("checkpoint does not fit the STF configuration: " + "; ".join(problems))
-    return {k: np.asarray(params[k], dtype=np.float32) for k in expected}
-
-
-def infer_config(state_dict):
-    """The STFConfig whose shapes a (renamed or upstream) state dict has."""
-    shapes = {rename_upstream_key(k): tuple(np.shape(v)) for k, v in state_dict.items()}
-    ids = lambda prefix, at: {int(k.split(".")[at]) for k in shapes  # noqa: E731
-                              if k and k.startswith(prefix) and k.split(".")[at].isdigit()}
-    try:
-        e, in_chans, p, _ = shapes["patch_embed.proj.weight"]
-        stages = range(max(ids("layers.", 1)) + 1)
-        depths = tuple(max(ids(f"layers.{i}.blocks.", 3)) + 1 for i in stages)
-        heads = tuple(shapes[f"layers.{i}.blocks.0.attn.relative_position_bias_table"][1] for i in stages)
-        ws = (math.isqrt(shapes["layers.0.blocks.0.attn.relative_position_bias_table"][0]) + 1) // 2
-        mlp_ratio = shapes["layers.0.blocks.0.mlp.fc1.weight"][0] / e
-        num_slices = max(ids("cc_mean_transforms.", 1)) + 1
-        hidden = tuple(shapes[f"cc_mean_transforms.0.{j}.weight"][0] for j in (0, 2, 4, 6))
-        M = e * 2 ** (len(depths) - 1)
-        support = (shapes[f"cc_mean_transforms.{num_slices - 1}.0.weight"][1] - M) // (M // num_slices)
-        return STFConfig(patch_size=p, in_chans=in_chans, embed_dim=e, depths=depths, num_heads=heads,
-                         window_size=ws, mlp_ratio=mlp_ratio, num_slices=num_slices,
-                         max_support_slices=support, slice_hidden=hidden)
-    except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as err:
-        raise WeightsError(f"cannot infer the STF configuration from the checkpoint's shapes "
-                           f"({type(err).__name__}: {err})") from None
-
-
-def read_any_state_dict(path):
-    """The state dict of a torch zip checkpoint, or the tensors of a safetensors/minstf file."""
-    from .checkpoint import read_state_dict
-
-    path = str(path)
-    if zipfile.is_zipfile(path):
-        return read_state_dict(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
-    if len(head) == 9 and head[8:] == b"{":
-        return read_safetensors(path)[0]
-    legacy = " (it looks like a legacy torch < 1.6 pickle; re-save it with a current torch.save)" \
-        if head[:1] == b"\x80" else ""
-    raise WeightsError(f"{path}: neither a PyTorch zip checkpoint nor a safetensors file{legacy}")
-
-
-def convert(checkpoint_path, out_path, config=None, force=False, name=None):
-    """Upstream checkpoint (or safetensors state dict) -> minstf weight file.
-
-    `config=None` infers the configuration from the shapes; a given config is checked
-    against them. The entropy tables are computed here, whatever the checkpoint holds.
-    """
-    from .entropy_models import eb_tables, gc_tables
-
-    if Path(out_path).exists() and not force:
-        raise OutputExists(f"{out_path} exists (use --force to overwrite)")
-    state_dict = read_any_state_dict(checkpoint_path)
-    try:
-        inferred = infer_config(state_dict)
-    except WeightsError:
-        inferred = None  # state_dict_to_params below names the keys that are off
-    if config is None:
-        config = inferred or STFConfig()
-    elif inferred is not None and inferred != config:
-        given, found = config.to_dict(), inferred.to_dict()
-        diff = [f"{k}: checkpoint {found[k]}, given {given[k]}" for k in given if given[k] != found[k]]
-        raise WeightsError(f"{checkpoint_path}: checkpoint does not fit the given configuration "
-                           f"({'; '.join(diff)})")
-    params = state_dict_to_params(state_dict, config)
-    prefix = "entropy_bottleneck."
-    eb = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-    tables = {**eb_tables(eb), **gc_tables()}
-    metadata = {"source": Path(checkpoint_path).name}
-    if name:
-        metadata["name"] = name
-    return save_weights(out_path, params, tables, config, metadata, force=force)

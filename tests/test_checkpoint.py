@@ -18,8 +18,7 @@ import pytest
 from minstf.checkpoint import read_checkpoint, read_state_dict
 from minstf.config import STFConfig
 from minstf.errors import WeightsError
-from minstf.keys import TABLE_BUFFERS, state_dict_spec
-from minstf.swin import relative_position_index
+from minstf.keys import TABLE_BUFFERS, relative_position_index, state_dict_spec
 from minstf.synthetic import recipe_weights
 
 torch = pytest.importorskip("torch")
@@ -288,7 +287,8 @@ import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import numpy as np
 from minstf.checkpoint import read_checkpoint
-from minstf.weights import convert, load_weights
+from minstf.convert import convert
+from minstf.weights import load_weights
 import minstf.cli
 tree = read_checkpoint({str(ckpt)!r})
 assert tree["epoch"] == 7 and "exp_avg" in tree["optimizer"]["state"][0]

@@ -8,10 +8,11 @@ from click.testing import CliRunner
 
 from minstf.cli import main
 from minstf.config import STFConfig
+from minstf.convert import convert
 from minstf.entropy_models import eb_tables, gc_tables
 from minstf.errors import OutputExists, WeightsError
 from minstf.synthetic import recipe_weights
-from minstf.weights import convert, load_weights, write_safetensors
+from minstf.weights import load_weights, write_safetensors
 
 from test_checkpoint import SMALL, _Evil, _replace_pickle, save_checkpoint, torch, torch_state_dict
 

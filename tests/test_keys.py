@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minstf.config import STFConfig
-from minstf.keys import param_spec, state_dict_spec
+from minstf.keys import param_spec, relative_position_index, state_dict_spec
 from minstf.synthetic import recipe_weights
 
 from conftest import FIXTURES
@@ -41,3 +41,17 @@ def test_small_config_uses_same_key_structure():
 def test_config_rejects_inconsistent_sizes(bad):
     with pytest.raises(ValueError):
         STFConfig(**bad)
+
+
+@pytest.mark.parametrize("ws", [1, 2, 4, 7])
+def test_relative_position_index_is_the_offset_table_row(ws):
+    got = relative_position_index(ws)
+    assert got.dtype == np.int64 and got.shape == (ws * ws, ws * ws)
+    for n in range(ws * ws):
+        for m in range(ws * ws):
+            (rn, cn), (rm, cm) = divmod(n, ws), divmod(m, ws)
+            assert got[n, m] == (rn - rm + ws - 1) * (2 * ws - 1) + (cn - cm + ws - 1)
+
+
+def test_relative_position_index_matches_golden(golden):
+    np.testing.assert_array_equal(relative_position_index(4), golden["rel_pos_index"])

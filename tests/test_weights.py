@@ -9,11 +9,10 @@ import pytest
 from minstf.config import STFConfig
 from minstf.entropy_models import eb_tables, gc_tables
 from minstf.errors import OutputExists, WeightsError
-from minstf.keys import TABLE_BUFFERS, param_spec, state_dict_spec
-from minstf.swin import relative_position_index
+from minstf.convert import infer_config, rename_upstream_key, state_dict_to_params
+from minstf.keys import TABLE_BUFFERS, param_spec, relative_position_index, state_dict_spec
 from minstf.synthetic import recipe_weights
-from minstf.weights import (fingerprint, infer_config, load_weights, read_safetensors, rename_upstream_key,
-                            save_weights, state_dict_to_params, write_safetensors)
+from minstf.weights import fingerprint, load_weights, read_safetensors, save_weights, write_safetensors
 
 SMALL = STFConfig(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), num_slices=4,
                   max_support_slices=2, slice_hidden=(64, 48, 40, 32))
@@ -116,7 +115,18 @@ BAD_FILES = {
     "float shape": (_file({"a": T(shape=(2.0,))}, bytes(8)), "bad header entry"),
     "no offsets": (_file({"a": {"dtype": "F32", "shape": [2]}}, bytes(8)), "bad header entry"),
     "truncated data": (_file({"a": T(offsets=(0, 8))}, bytes(5)), "outside the data section"),
-    "huge tensor": (_file({"a": T(shape=(2**40, 2**40), offsets=(0, 2**82))}, bytes(8)), "outside"),
+    "huge tensor": (_file({"a": T(shape=(2**20, 2**20), offsets=(0, 2**42))}, bytes(8)), "outside"),
+    "huge dimension": (_file({"a": T(shape=(2**70, 0), offsets=(0, 0))}), "bad header entry"),
+    "9 dimensions": (_file({"a": T(shape=(1,) * 9, offsets=(0, 4))}, bytes(4)), "at most 8 integer dim"),
+    "bool dimension": (_file({"a": T(shape=(True, 2))}, bytes(8)), "bad header entry"),
+    "negative offset": (_file({"a": T(offsets=(-8, 0))}, bytes(8)), "bad header entry"),
+    "float offset": (_file({"a": T(offsets=(0.0, 8))}, bytes(8)), "bad header entry"),
+    "dtype not a string": (_file({"a": T(dtype=["F32"])}, bytes(8)), "bad header entry"),
+    "entry not an object": (_file({"a": [1, 2]}, bytes(8)), "bad header entry"),
+    "integer of 5000 digits": (_file(b'{"a": {"dtype": "F32", "shape": [' + b"9" * 5000 + b"]}}"),
+                               "not valid JSON"),
+    "deep nesting": (_file(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply"),
+    "nesting beyond the format": (_file(b'{"a": {"shape": [[[2]]]}}'), "nested deeper than the 3 levels"),
     "size mismatch": (_file({"a": T(shape=(3,))}, bytes(8)), "do not hold"),
     "overlap": (_file({"a": T(offsets=(0, 8)), "b": T(offsets=(4, 12))}, bytes(12)), "overlap"),
     "duplicate keys": (b"\x1e" + bytes(7) + b'{"a": {}, "a": {}}          ' + bytes(8), "duplicate keys a"),
@@ -281,3 +291,16 @@ def test_infer_config_from_shapes(config):
 def test_table_buffer_names_are_the_spec_buffers():
     buffers = {s.key for s in state_dict_spec(SMALL) if s.kind == "buffer"}
     assert set(TABLE_BUFFERS) <= buffers
+
+
+def test_tensor_count_and_data_size_are_bounded(tmp_path, monkeypatch):
+    from minstf import weights
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(_file({k: T(offsets=(8 * i, 8 * i + 8)) for i, k in enumerate("abcd")}, bytes(32)))
+    assert len(read_safetensors(path)[0]) == 4
+    monkeypatch.setattr(weights, "MAX_TENSORS", 3)
+    with pytest.raises(WeightsError, match="4 tensors, more than the 3 allowed"):
+        read_safetensors(path)
+    monkeypatch.setattr(weights, "MAX_DATA_BYTES", 31)
+    with pytest.raises(WeightsError, match="data section of 32 bytes exceeds the limit 31"):
+        read_safetensors(path)

@@ -1,0 +1,141 @@
+"""Upstream STF checkpoints -> minstf weight files.
+
+    torch .pth.tar (checkpoint.py)  ─┐
+    safetensors state dict          ─┴─> rename keys -> infer config -> check alignment
+                                         -> float32 params -> CDF tables -> save_weights
+
+Upstream checkpoints come in several layouts (KEYS.md §4): a training checkpoint
+`{"state_dict": ..., "optimizer": ...}` or a bare state dict, with or without
+nn.DataParallel's `module.` prefix, with the entropy bottleneck's density network
+named as in the STF fork (`_matrix0`) or as in CompressAI (`matrices.0`,
+`_matrices.0`). The configuration is read off the shapes (keys.config_from_shapes),
+so no option is needed; the entropy tables are always recomputed, whatever the
+checkpoint holds. torch is never imported.
+"""
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import read_state_dict
+from .config import STFConfig
+from .errors import OutputExists, WeightsError
+from .keys import config_from_shapes, relative_position_index, state_dict_spec
+from .weights import _listed, alignment_problems, nonfinite_problem, read_safetensors, save_weights
+
+_EB_LIST = re.compile(r"entropy_bottleneck\._?(matrices|biases|factors)\.(\d+)")
+_SINGULAR = {"matrices": "matrix", "biases": "bias", "factors": "factor"}
+
+
+def rename_upstream_key(key):
+    """The minstf (= STF fork) name of a checkpoint key, or None for keys to drop."""
+    # nn.DataParallel keeps the model as `.module`; upstream train.py uses it with 2+ GPUs
+    if key.startswith("module."):
+        key = key[len("module."):]
+    # h_s.* are left-overs of older CompressAI models; the STF fork's own loader drops them
+    if key.startswith("h_s."):
+        return None
+    # the entropy bottleneck's density network: CompressAI 1.2.7+ stores ParameterLists
+    # (`matrices.0`), some older checkpoints `_matrices.0`; the STF fork says `_matrix0`
+    m = _EB_LIST.fullmatch(key)
+    if m:
+        return f"entropy_bottleneck._{_SINGULAR[m[1]]}{m[2]}"
+    return key
+
+
+def state_dict_to_params(state_dict, config):
+    """Upstream state dict -> {key: float32 array} aligned with param_spec(config)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        new = rename_upstream_key(key)
+        if new is None:
+            continue
+        if new in renamed:
+            raise WeightsError(f"checkpoint holds {new} twice (under two naming schemes)")
+        renamed[new] = np.asarray(value)
+    spec = state_dict_spec(config)
+    buffers = {s.key for s in spec if s.kind == "buffer"}  # constants and tables: derived, not read
+    index = relative_position_index(config.window_size)
+    wrong = [s.key for s in spec if s.key.endswith("relative_position_index") and s.key in renamed
+             and not np.array_equal(renamed[s.key], index)]
+    if wrong:
+        raise WeightsError(f"checkpoint: relative_position_index differs from the one for window size "
+                           f"{config.window_size}: {_listed(wrong)}")
+    params = {k: v for k, v in renamed.items() if k not in buffers}
+    expected = {s.key: s.shape for s in spec if s.kind == "param"}
+    problems = alignment_problems(params, expected)
+    problems += [f"{k} has dtype {a.dtype}" for k, a in params.items() if k in expected and a.dtype.kind != "f"]
+    if problems:
+        raise WeightsError("checkpoint does not fit the STF configuration: " + "; ".join(problems))
+    params = {k: np.asarray(params[k], dtype=np.float32) for k in expected}
+    bad = nonfinite_problem(params)  # before the CDF tables are built from them
+    if bad:
+        raise WeightsError(f"checkpoint: {bad}")
+    return params
+
+
+def infer_config(state_dict):
+    """The STFConfig whose shapes a (renamed or upstream) state dict has."""
+    shapes = {}
+    for key, value in state_dict.items():
+        new = rename_upstream_key(key)
+        if new is not None:
+            shapes[new] = tuple(np.shape(value))
+    try:
+        return config_from_shapes(shapes)
+    except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as err:
+        raise WeightsError(f"cannot infer the STF configuration from the checkpoint's shapes "
+                           f"({type(err).__name__}: {err})") from None
+
+
+def read_any_state_dict(path):
+    """The state dict of a torch zip checkpoint, or the tensors of a safetensors/minstf file."""
+    path = str(path)
+    if zipfile.is_zipfile(path):
+        return read_state_dict(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(head) == 9 and head[8:] == b"{":
+        return read_safetensors(path)[0]
+    legacy = " (it looks like a legacy torch < 1.6 pickle; re-save it with a current torch.save)" \
+        if head[:1] == b"\x80" else ""
+    raise WeightsError(f"{path}: neither a PyTorch zip checkpoint nor a safetensors file{legacy}")
+
+
+def convert(checkpoint_path, out_path, config=None, force=False, name=None):
+    """Upstream checkpoint (or safetensors state dict) -> minstf weight file.
+
+    `config=None` infers the configuration from the shapes; a given config is checked
+    against them. The entropy tables are computed here, whatever the checkpoint holds.
+    """
+    from .entropy_models import eb_tables, gc_tables
+
+    if Path(out_path).exists() and not force:
+        raise OutputExists(f"{out_path} exists (use --force to overwrite)")
+    state_dict = read_any_state_dict(checkpoint_path)
+    try:
+        inferred = infer_config(state_dict)
+    except WeightsError:
+        inferred = None  # state_dict_to_params below names the keys that are off
+    if config is None:
+        config = inferred or STFConfig()
+    elif inferred is not None and inferred != config:
+        given, found = config.to_dict(), inferred.to_dict()
+        diff = [f"{k}: checkpoint {found[k]}, given {given[k]}" for k in given if given[k] != found[k]]
+        raise WeightsError(f"{checkpoint_path}: checkpoint does not fit the given configuration "
+                           f"({'; '.join(diff)})")
+    try:
+        params = state_dict_to_params(state_dict, config)
+    except WeightsError as e:
+        raise WeightsError(f"{checkpoint_path}: {e}") from None
+    prefix = "entropy_bottleneck."
+    eb = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    tables = {**eb_tables(eb), **gc_tables()}
+    metadata = {"source": Path(checkpoint_path).name}
+    if name:
+        metadata["name"] = name
+    return save_weights(out_path, params, tables, config, metadata, force=force)
