@@ -112,7 +112,7 @@ class STF:
         """Reconstruction and likelihoods without entropy coding (eval mode).
 
         x: (B, 3, H, W) float32 in [0, 1]. Returns {"x_hat": (B, 3, 16*H4, 16*W4) unclamped,
-        "likelihoods": {"y": (B, M, H4, W4), "z": (B, Cz, h, w)}} as arrays of the backend.
+        "likelihoods": {"y": (B, M, H4, W4), "z": (B, N_z, zh, zw)}} as arrays of the backend.
         """
         xp, c, p, k = self.xp, self.config, self.params, self.k
         y = g_a(self._input(x), p, c, taps, k)  # (B, H4, W4, M)

@@ -21,8 +21,8 @@ def test_bench_image_falls_back_to_a_smooth_synthetic_image(tmp_path):
 def test_run_benchmark_tiny():
     out = io.StringIO()
     # one thread: on a busy machine, waking thread pools for tiny ops costs milliseconds each
-    r = run_benchmark(config=TINY, size=(64, 64), repeat=1, torch=HAVE_TORCH, threads=1, out=out)
-    sides = ("numpy", "torch") if HAVE_TORCH else ("numpy",)
+    r = run_benchmark(config=TINY, size=(64, 64), repeat=1, torch=HAVE_TORCH, threads=1, out=out, reference=True)
+    sides = ("numpy", "reference", "torch") if HAVE_TORCH else ("numpy", "reference")
     for side in sides:
         figures = r[side]["figures"]
         assert set(figures) == set(MODES)
@@ -32,5 +32,5 @@ def test_run_benchmark_tiny():
                 assert f["median_s"] > 0 and 0 <= f["coding_s"] <= f["median_s"]
     table = out.getvalue()
     assert "g_a" in table and "entropy coding" in table and "load average" in table
-    assert ("time x" in table) == HAVE_TORCH
+    assert ("time x" in table) == HAVE_TORCH and "ref x" in table
     assert r["numpy"]["threads"] == 1

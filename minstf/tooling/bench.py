@@ -3,6 +3,7 @@
     python -m minstf.tooling.bench                       # float32 + portable, minstf only
     python -m minstf.tooling.bench --torch               # ... and the torch mirror, with ratios
     python -m minstf.tooling.bench --torch --repeat 5 --stages g_a,g_s --modes float32
+    python -m minstf.tooling.bench --reference           # ... and the reference layer beside the fast one
 
 One 768x512 image (a Kodak photo from ../shared/data/kodak if present, else a
 smooth synthetic one) through the full upstream configuration with the synthetic
@@ -15,7 +16,11 @@ recipe weights (minstf.synthetic). Stages:
     compress         whole compress(): network + entropy coding (coding time shown apart)
     decompress       whole decompress()
 
-Each side runs in its own subprocess (one for minstf, one for torch), so that
+The sides: minstf on its fast kernels (the default layer), optionally minstf on its
+reference kernels (`--reference`: the readable layer of minstf/reference/, same
+model, same stages) and the torch mirror (`--torch`).
+
+Each side runs in its own subprocess (one for each side), so that
 imports, allocator state and peak memory do not mix. Each side is set up and
 warmed up by one compress and one decompress (excluded); then the stages run
 `repeat` times round robin, every stage on one side right after the other (never
@@ -149,8 +154,8 @@ def blas_threads():
 
 
 # --- the two sides ----------------------------------------------------------------
-def _minstf_side(config, x, modes):
-    """{mode: {stage: callable}} for minstf (NumPy)."""
+def _minstf_side(config, x, modes, kernels="fast"):
+    """{mode: {stage: callable}} for minstf (NumPy) on one kernel layer ("fast" or "reference")."""
     from ..entropy_models import eb_tables, gc_tables
     from ..model import STF
     from ..slices import run_slices, slice_of
@@ -159,12 +164,12 @@ def _minstf_side(config, x, modes):
 
     params = recipe_weights(config)
     eb = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("entropy_bottleneck.")}
-    model = STF(config, params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32)
+    model = STF(config, params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32, kernels=kernels)
     del params
-    p, c, xp = model.params, config, model.xp
+    p, c, xp, k = model.params, config, model.xp, model.k
     x_nhwc = model._input(x)
-    y = g_a(x_nhwc, p, c)
-    z = h_a(y, p, c)
+    y = g_a(x_nhwc, p, c, kernels=k)
+    z = h_a(y, p, c, k)
     stages = {}
     for mode in modes:
         portable = mode == "portable"
@@ -174,15 +179,15 @@ def _minstf_side(config, x, modes):
         compressed = model.compress(x, portable=portable)
         pe = model.entropy_params(portable)
         y_d = y.astype(dtype)
-        y_hat = run_slices(means, scales, pe, c, lambda s, mu, scale: xp.rint(slice_of(y_d, s, c) - mu))
+        y_hat = run_slices(means, scales, pe, c, lambda s, mu, scale: xp.rint(slice_of(y_d, s, c) - mu), kernels=k)
         y_hat = y_hat.astype(xp.float32)
         stages[mode] = {
-            "g_a": lambda: g_a(x_nhwc, p, c),
-            "h_a": lambda: h_a(y, p, c),
+            "g_a": lambda: g_a(x_nhwc, p, c, kernels=k),
+            "h_a": lambda: h_a(y, p, c, k),
             "hyper": lambda z_hat=z_hat, portable=portable: model._hyper(z_hat, portable),
             "slices": lambda means=means, scales=scales, pe=pe, y_d=y_d: run_slices(
-                means, scales, pe, c, lambda s, mu, scale: xp.rint(slice_of(y_d, s, c) - mu)),
-            "g_s": lambda y_hat=y_hat: g_s(y_hat, p, c),
+                means, scales, pe, c, lambda s, mu, scale: xp.rint(slice_of(y_d, s, c) - mu), kernels=k),
+            "g_s": lambda y_hat=y_hat: g_s(y_hat, p, c, kernels=k),
             "compress": lambda portable=portable: model.compress(x, portable=portable),
             "decompress": lambda compressed=compressed: model.decompress(compressed),
         }
@@ -318,12 +323,11 @@ class _Side:
             self.info = {"threads": torch.get_num_threads(), "threads_how": "torch.set_num_threads",
                          "version": torch.__version__}
         else:
-            from .. import backend
-            self.table = _minstf_side(config, x, modes)
+            from ..kernels import threads as host
+            self.table = _minstf_side(config, x, modes, kernels="reference" if side == "reference" else "fast")
             n, how = blas_threads()
             self.info = {"threads": n, "threads_how": how, "version": np.__version__,
-                         "host_threads": backend.num_threads(),
-                         "blocks_threaded": backend.ThreadpoolController is not None and backend.num_threads() > 1}
+                         "host_threads": host.num_threads(), "blocks_threaded": host.num_threads() > 1}
         for mode in modes:  # warm-up, excluded: one compress and one decompress per mode
             self.table[mode]["compress"]()
             self.table[mode]["decompress"]()
@@ -388,15 +392,17 @@ class _Worker:
 
 # --- driver ------------------------------------------------------------------------------
 def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes=MODES, torch=False,
-                  threads=None, out=sys.stdout):
-    """Benchmark minstf (and the torch mirror when `torch`); print a table to `out`, return the figures.
+                  threads=None, out=sys.stdout, reference=False):
+    """Benchmark minstf's fast kernels (and its reference kernels when `reference`, the torch
+    mirror when `torch`); print a table to `out`, return the figures.
 
     Both sides are set up in their own processes first; then the stages run round
     robin, each stage on one side and then on the other, so that a change in the
     machine's load hits both alike. threads: BLAS threads for both sides (sets
     OPENBLAS/OMP/MKL_NUM_THREADS and MINSTF_NUM_THREADS in the workers); default:
     NumPy's own setting, and torch uses the same number.
-    Returns {"numpy": {...figures}, "torch": {...} or None, "load_before"/"load_after", ...}.
+    Returns {"numpy": {...figures}, "reference": {...} or None, "torch": {...} or None,
+    "load_before"/"load_after", ...}.
     """
     from ..config import STFConfig
 
@@ -410,6 +416,8 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
             env[var] = str(threads)
     job = {"config": config.to_dict(), "size": list(size), "modes": list(modes)}
     workers = {"numpy": _Worker("numpy", {**job, "threads": None}, env)}
+    if reference:
+        workers["reference"] = _Worker("reference", {**job, "threads": None}, env)
     if torch:  # set up at the same time as the numpy side; the timed runs never overlap
         workers["torch"] = _Worker("torch", {**job, "threads": threads or blas_threads()[0]}, env)
     for worker in workers.values():
@@ -426,7 +434,7 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
     finally:
         for worker in workers.values():
             worker.close()
-    result = {"torch": None}
+    result = {"torch": None, "reference": None}
     for side, worker in workers.items():
         figures = {mode: {} for mode in modes}
         for mode, stage in runs:
@@ -446,7 +454,7 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
 
 
 def format_table(result):
-    np_, th = result["numpy"], result["torch"]
+    np_, ref, th = result["numpy"], result.get("reference"), result["torch"]
     lines = [f"image {np_['image']}, config {_config_name(result['config'])}, median of {result['repeat']} runs "
              f"after one warm-up compress+decompress, sides alternating stage by stage",
              f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after "
@@ -454,26 +462,37 @@ def format_table(result):
              f"minstf: NumPy {np_['version']}, BLAS threads {np_['threads']} ({np_['threads_how']}), "
              f"{np_['host_threads']} host threads, blocks of a layer on them: "
              f"{'yes (BLAS held to 1 thread by threadpoolctl)' if np_['blocks_threaded'] else 'no'}"]
+    if ref:
+        lines.append("reference: minstf's reference kernels (minstf/reference/), same model and stages; "
+                     "ref x = reference / fast")
     if th:
         lines.append(f"torch:  {th['version']}, {th['threads']} threads ({th['threads_how']}), eval, no_grad")
     lines.append(f"memory: {np_['memory_method']}; max over runs")
     lines.append("cpu s: CPU time of the process (all threads; spinning BLAS/OpenMP threads count too)")
-    lines.append("ratios minstf/torch: time x of the medians, min x of the fastest runs (the least disturbed)")
-    head = f"{'mode':<9}{'stage':<17}{'minstf s':>9}{'cpu s':>7}{'MB':>6}"
+    if th:
+        lines.append("ratios fast/torch: time x of the medians, min x of the fastest runs (the least disturbed)")
+    head = f"{'mode':<9}{'stage':<17}{'fast s':>9}{'cpu s':>7}{'MB':>6}"
+    if ref:
+        head += f"{'ref s':>9}{'MB':>6}{'ref x':>7}"
     if th:
         head += f"{'torch s':>9}{'cpu s':>7}{'MB':>6}{'time x':>8}{'min x':>7}{'cpu x':>7}{'mem x':>7}"
     lines += ["", head, "-" * len(head)]
     for mode, stages in np_["figures"].items():
         for stage, f in stages.items():
+            r = ref["figures"][mode][stage] if ref else {}
             g = th["figures"][mode][stage] if th else {}
-            rows = [(stage, f["median_s"], f["min_s"], f["cpu_s"], f["peak_mb"],
+            rows = [(stage, f["median_s"], f["min_s"], f["cpu_s"], f["peak_mb"], r.get("median_s"), r.get("peak_mb"),
                      g.get("median_s"), g.get("min_s"), g.get("cpu_s"), g.get("peak_mb"))]
             if stage in ("compress", "decompress"):
                 rows += [("  network", f["median_s"] - f["coding_s"], None, None, None,
+                          r and r["median_s"] - r["coding_s"], None,
                           g and g["median_s"] - g["coding_s"], None, None, None),
-                         ("  entropy coding", f["coding_s"], None, None, None, g.get("coding_s"), None, None, None)]
-            for name, s, smin, cpu, mb, ts, tmin, tcpu, tmb in rows:
+                         ("  entropy coding", f["coding_s"], None, None, None, r.get("coding_s"), None,
+                          g.get("coding_s"), None, None, None)]
+            for name, s, smin, cpu, mb, rs, rmb, ts, tmin, tcpu, tmb in rows:
                 line = f"{mode:<9}{name:<17}{s:>9.3f}{_num(cpu, 7, 2)}{_num(mb, 6, 0)}"
+                if ref:
+                    line += f"{rs:>9.3f}{_num(rmb, 6, 0)}{_ratio(rs, s)}"
                 if th:
                     line += (f"{ts:>9.3f}{_num(tcpu, 7, 2)}{_num(tmb, 6, 0)}{s / ts:>8.2f}"
                              f"{_ratio(smin, tmin)}{_ratio(cpu, tcpu)}{_ratio(mb, tmb)}")
@@ -497,6 +516,7 @@ def _config_name(d):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minstf.tooling.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch", action="store_true", help="also run the torch mirror and print ratios")
+    parser.add_argument("--reference", action="store_true", help="also run minstf's reference kernels")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per stage (after a warm-up)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--modes", default=",".join(MODES), help="float32,portable or one of them")
@@ -509,7 +529,8 @@ def main(argv=None):
         return _serve(json.loads(args.worker))
     size = tuple(int(v) for v in args.size.lower().split("x"))
     result = run_benchmark(size=size, repeat=args.repeat, stages=args.stages.split(","),
-                           modes=args.modes.split(","), torch=args.torch, threads=args.threads)
+                           modes=args.modes.split(","), torch=args.torch, threads=args.threads,
+                           reference=args.reference)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
