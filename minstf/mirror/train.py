@@ -5,6 +5,8 @@
     python -m minstf.mirror.train --out runs/lo --init runs/base/checkpoint.pt --lmbda 0.0035 --steps 3000
     python -m minstf.mirror.train export runs/base/checkpoint.pt runs/base/params.npz
 
+On a shared machine, run it with OMP_WAIT_POLICY=PASSIVE (torch's idle threads sleep).
+
 Loss (upstream RateDistortionLoss): `lmbda * 255**2 * MSE + bpp`, where bpp is the sum of
 -log2 of the y and z likelihoods divided by the number of pixels. Adam on every parameter
 except the entropy bottleneck's `quantiles`, which a second Adam fits with the aux loss;

@@ -411,6 +411,7 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
     if unknown:
         raise ValueError(f"unknown stages/modes {sorted(unknown)}; stages: {STAGES}, modes: {MODES}")
     env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's OpenMP threads sleep instead of spinning when idle
     if threads:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MINSTF_NUM_THREADS"):
             env[var] = str(threads)
