@@ -34,37 +34,18 @@
 # photo and looks at the file it writes.
 
 # %%
-import os
 import struct
-import sys
 import tempfile
 import zlib
 from pathlib import Path
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
-    matplotlib.use("Agg")
+import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures (read it once)
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minstf
 from minstf import bitstream
 from minstf.image import ms_ssim, psnr, psnr_uint8, read_image, to_float
-
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"  # CI: smaller sizes (this lesson is fast anyway)
-FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")  # a folder: also save every figure there as PNG
-
-
-def show(fig, name):
-    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
-    if "ipykernel" in sys.modules:
-        plt.show()
-        return
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, f"00_{name}.png"), dpi=80)
-    plt.close(fig)
 
 
 # %% [markdown]
@@ -84,7 +65,7 @@ print(f"weights {model.name}: {n_params:,} parameters, fingerprint {model.finger
 print(model.config)
 
 # %%
-SAMPLE = Path(minstf.__file__).parent / "data" / "sample.png"  # kodim23, 384x256
+SAMPLE = Path(str(L.SAMPLE))  # minstf/data/sample.png: kodim23, 384x256
 image = read_image(SAMPLE)  # (H, W, 3) uint8
 H, W = image.shape[:2]
 print("image", image.shape, image.dtype)
@@ -130,7 +111,7 @@ axes[2].set_title("|error|, mean over RGB (0..255)")
 fig.colorbar(im, ax=axes[2], fraction=0.03)
 for ax in axes:
     ax.axis("off")
-show(fig, "original_vs_decoded")
+L.show(fig, "original_vs_decoded")
 
 # %% [markdown]
 # ## Estimated rate versus real bytes
@@ -196,7 +177,7 @@ ax.set_yticks([])
 ax.set_xlabel("byte offset in the file")
 ax.set_title(f"{SAMPLE.name} as .mstf: {len(data)} bytes")
 fig.legend(loc="outside lower center", ncol=3, frameon=False)
-show(fig, "file_layout")
+L.show(fig, "file_layout")
 
 # %% [markdown]
 # Three kinds of check guard a decode. The header and payload CRCs catch a damaged file. The
@@ -233,6 +214,11 @@ for where, offset in (("header (fingerprint)", 10), ("y payload", len(data) - 10
 #
 # 1. Encode the sample with `minstf.load_model(quality=1)` and `quality=3` and plot PSNR against
 #    bpp for the three rate points.
+#    *Hint:* loop over `minstf.zoo.QUALITIES`; `stats.bpp` and `psnr_uint8(image, decoded)` are
+#    the two coordinates (lesson 9, section 1 does it).
 # 2. Crop the sample to 200×300 before encoding. What padding does the header record, and how
 #    does `minstf.image.eval_padding` split it between the sides?
-# 3. Encode with `portable=True`. Which header field changes? Is the file larger?
+#    *Hint:* print `header.padding` after `decode_image`; compare with `eval_padding(200, 300)`.
+# 3. Encode with `portable=False` (the default is `True`, as on the command line). Which header
+#    field changes? Is the file larger, and does it decode to the same image here?
+#    *Hint:* `bitstream.unpack(data)[0].portable`; docs/determinism.md §2 says what the mode changes.

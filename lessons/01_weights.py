@@ -29,14 +29,9 @@
 import hashlib
 import json
 import math
-import os
-import sys
 from collections import defaultdict
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
-    matplotlib.use("Agg")
+import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -44,20 +39,6 @@ import minstf
 from minstf import STFConfig
 from minstf.keys import TABLE_BUFFERS, param_spec, state_dict_spec
 from minstf.weights import fingerprint, read_safetensors
-
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"  # CI: smaller sizes (nothing here is slow)
-FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")  # a folder: also save every figure there as PNG
-
-
-def show(fig, name):
-    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
-    if "ipykernel" in sys.modules:
-        plt.show()
-        return
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, f"01_{name}.png"), dpi=80)
-    plt.close(fig)
 
 
 # %% [markdown]
@@ -81,7 +62,8 @@ assert (len(spec), len(params)) == (779, 743)
 # ## Parameter counts per module
 #
 # Grouping the parameters by the first part of their key gives the table of the spec
-# (`spec/KEYS.md`); the total must be upstream's 99,855,639.
+# (docs/weights.md §1, "Parameter totals per top-level module"); the total must be
+# upstream's 99,855,639.
 
 # %%
 def count_by_module(config):
@@ -92,7 +74,7 @@ def count_by_module(config):
     return dict(counts)
 
 
-KEYS_MD = {  # spec/KEYS.md, "Parameter totals per top-level module"
+WEIGHTS_MD = {  # docs/weights.md §1, "Parameter totals per top-level module"
     "patch_embed": 720, "layers": 6_894_858, "syn_layers": 6_893_514, "end_conv": 231_891,
     "h_a": 4_397_472, "h_mean_s": 9_749_568, "h_scale_s": 9_749_568,
     "cc_mean_transforms": 20_384_064, "cc_scale_transforms": 20_384_064,
@@ -103,7 +85,7 @@ total = sum(counts.values())
 for module, n in counts.items():
     print(f"{module:20s} {n:12,d} {100 * n / total:5.1f} %")
 print(f"{'total':20s} {total:12,d}")
-assert counts == KEYS_MD
+assert counts == WEIGHTS_MD  # integers: exact
 assert total == 99_855_639
 
 # %% [markdown]
@@ -178,7 +160,7 @@ ax.set_yticks(ypos, names)
 ax.set_xscale("log")
 ax.set_xlabel("parameters (log scale)")
 ax.legend()
-show(fig, "params_per_module")
+L.show(fig, "params_per_module")
 
 # %% [markdown]
 # ## A weight file, byte by byte
@@ -288,7 +270,11 @@ assert fingerprint(changed) != model.fingerprint
 #
 # 1. How many parameters would STF have with `window_size=8`? Which modules change, and why
 #    so little?
-# 2. Derive the parameter count of `lrp_transforms` for upstream STF by hand (hint:
-#    `minstf.keys.slice_in_channels`) and check it against the table.
+#    *Hint:* `count_by_module(STFConfig(window_size=8))`; only the bias tables, $(2w_s-1)^2 n_H$ each.
+# 2. Derive the parameter count of `lrp_transforms` for upstream STF by hand and check it
+#    against the table.
+#    *Hint:* `minstf.keys.slice_in_channels` gives each slice network's input width; then
+#    `conv_params` over the widths `slice_hidden`, as for `cc_mean_transforms.0` above.
 # 3. Write a weight file with `minstf.weights.write_safetensors`, change one byte in its data
 #    section, and see what `minstf.weights.load_weights` says.
+#    *Hint:* the stored fingerprint no longer matches the tensors (`verify=True` checks it).
