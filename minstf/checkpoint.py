@@ -22,8 +22,29 @@ read); `materialize` then reads only the storages that are actually needed, so
 reading `state_dict` does not load the optimizer's moments. Arrays keep their
 storage dtype (float16 stays float16, int64 stays int64) except bfloat16,
 which NumPy lacks and which is widened to float32 (exactly).
+
+Allocation is bounded by the file, so that a file of a few hundred bytes cannot
+make a gigabyte array:
+
+* before anything is unpickled, every zip entry must be unencrypted, stored or
+  deflated (torch stores), and deflated at most MAX_COMPRESSION_RATIO : 1;
+* while unpickling, a storage's declared size (numel x itemsize) must be exactly
+  its entry's size and at most MAX_STORAGE_BYTES, and all storages together at
+  most `budget` = 4 x the file size + 1 MiB (and MAX_TOTAL_BYTES);
+* a tensor has at most MAX_NDIM dimensions, a non-negative offset, sizes and
+  strides, no more elements than its storage (nor than MAX_ELEMENTS, counting
+  zero sizes as one), and its last element inside the storage;
+* storages are read by streaming into an array of the declared size (a member
+  whose header lies is caught by its length and CRC), and the arrays handed out
+  (copies of views) are held to the same budget;
+* BUILD state on a dict must be a plain dict of names (torch writes `_metadata`),
+  and containers nest at most MAX_DEPTH deep.
+
+Every failure is one WeightsError naming the file.
 """
 import io
+import math
+import os
 import pickle
 import pickletools
 import zipfile
@@ -36,6 +57,11 @@ from .errors import WeightsError
 
 MAX_PICKLE_BYTES = 64 * 2**20  # data.pkl of a training checkpoint is a few hundred kB
 MAX_STORAGE_BYTES = 2**32  # the largest STF storage is ~40 MB; bounds what a forged size can allocate
+MAX_TOTAL_BYTES = 2**34  # all storages of a file together (the full STF with Adam's moments: 1.2 GB)
+MAX_COMPRESSION_RATIO = 1000  # zlib's own limit is ~1032:1; torch does not compress at all
+MAX_ENTRIES = 200_000  # zip entries (a training checkpoint of the full STF has ~2,300)
+MAX_NDIM, MAX_ELEMENTS = 8, 2**40  # a tensor's dimensions; its elements (counting 0 as 1)
+MAX_DEPTH = 64  # nesting of containers (a training checkpoint: ~6)
 
 # storage class name (as written in the pickle) -> NumPy dtype of its elements
 STORAGE_DTYPES = {
@@ -98,16 +124,36 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_ignored):
     ints = lambda t: isinstance(t, tuple) and all(type(v) is int for v in t)  # noqa: E731
     if type(storage_offset) is not int or not ints(size) or not ints(stride) or len(size) != len(stride):
         raise WeightsError("checkpoint: a tensor has a malformed offset, size or stride")
+    if len(size) > MAX_NDIM:
+        raise WeightsError(f"checkpoint: a tensor has {len(size)} dimensions (at most {MAX_NDIM})")
     if storage_offset < 0 or min(size + stride, default=0) < 0:
         raise WeightsError("checkpoint: a tensor has a negative offset, size or stride")
-    if 0 not in size:  # the last element the view touches must lie inside the storage
+    if storage_offset > storage.numel:
+        raise WeightsError(f"checkpoint: tensor offset beyond storage {storage.key!r}")
+    if math.prod(max(n, 1) for n in size) > MAX_ELEMENTS:  # even an empty (0, 2**62) NumPy refuses
+        raise WeightsError(f"checkpoint: a tensor of size {size} is larger than {MAX_ELEMENTS} elements")
+    numel = math.prod(size)
+    if numel > storage.numel:  # e.g. a stride-0 "expanded" view: refused, it would multiply memory
+        raise WeightsError(f"checkpoint: tensor of size {size} has more elements than its storage "
+                           f"{storage.key!r} ({storage.numel})")
+    if numel:  # the last element the view touches must lie inside the storage
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= storage.numel:
             raise WeightsError(f"checkpoint: tensor of size {size} reaches element {last} "
                                f"of storage {storage.key!r} with only {storage.numel} elements")
-    elif storage_offset > storage.numel:
-        raise WeightsError(f"checkpoint: tensor offset beyond storage {storage.key!r}")
+    # a dimension of size 1 never steps: its stride (any number) must not reach NumPy
+    stride = tuple(0 if n == 1 else s for n, s in zip(size, stride))
     return TensorRef(storage=storage, offset=storage_offset, shape=size, stride=stride)
+
+
+class _OrderedDict(OrderedDict):
+    """OrderedDict as the pickle builds it. torch's state dicts carry BUILD state
+    {"_metadata": ...}; any other state (a slot tuple that would set attributes such as
+    `items`) is refused, and the state is dropped: minstf needs no module versions."""
+
+    def __setstate__(self, state):
+        if not (type(state) is dict and all(type(k) is str for k in state)):
+            raise WeightsError(f"checkpoint: refuses BUILD state of type {type(state).__name__} on a dict")
 
 
 def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored):
@@ -119,17 +165,22 @@ def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *_ignored)
 
 # Everything a pickled training checkpoint (dicts, numbers, tensors) refers to.
 ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): OrderedDict,  # state dicts; also the empty backward_hooks
+    ("collections", "OrderedDict"): _OrderedDict,  # state dicts; also the empty backward_hooks
     ("torch._utils", "_rebuild_tensor_v2"): _Function(func=_rebuild_tensor_v2),
     ("torch._utils", "_rebuild_parameter"): _Function(func=_rebuild_parameter),
     **{("torch", name): StorageType(name=name, dtype=dtype) for name, dtype in STORAGE_DTYPES.items()},
 }
 
 
+def _itemsize(dtype):
+    return 2 if dtype == "bf16" else np.dtype(dtype).itemsize
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, data, zip_names, stem):
+    def __init__(self, data, infos, stem, budget):
         super().__init__(io.BytesIO(data))
-        self._zip_names, self._stem, self._storages = zip_names, stem, {}
+        self._infos, self._stem, self._storages = infos, stem, {}
+        self._budget, self._total = budget, 0
 
     def find_class(self, module, name):
         try:
@@ -139,17 +190,30 @@ class _RestrictedUnpickler(pickle.Unpickler):
                                f"something other than tensors and containers (unsafe or unsupported)") from None
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise WeightsError(f"checkpoint: refuses unknown persistent id {str(pid)[:80]!r}")
+        if not (type(pid) is tuple and len(pid) == 5 and pid[0] == "storage"):
+            what = repr(pid)[:80] if type(pid) in (str, int) else type(pid).__name__  # no deep repr
+            raise WeightsError(f"checkpoint: refuses unknown persistent id {what}")
         _, stype, key, _location, numel = pid
         if not isinstance(stype, StorageType) or type(key) is not str or type(numel) is not int or numel < 0:
             raise WeightsError("checkpoint: malformed storage reference")
-        if f"{self._stem}/data/{key}" not in self._zip_names:
-            raise WeightsError(f"checkpoint: storage {key!r} is missing from the archive")
-        old = self._storages.setdefault(key, Storage(key=key, dtype=stype.dtype, numel=numel))
-        if (old.dtype, old.numel) != (stype.dtype, numel):
-            raise WeightsError(f"checkpoint: storage {key!r} is declared twice with different types")
-        return old
+        old = self._storages.get(key)
+        if old is not None:
+            if (old.dtype, old.numel) != (stype.dtype, numel):
+                raise WeightsError(f"checkpoint: storage {key[:80]!r} is declared twice with different types")
+            return old
+        info = self._infos.get(f"{self._stem}/data/{key}")
+        if info is None:
+            raise WeightsError(f"checkpoint: storage {key[:80]!r} is missing from the archive")
+        itemsize = _itemsize(stype.dtype)
+        if info.file_size != numel * itemsize or info.file_size > MAX_STORAGE_BYTES:
+            raise WeightsError(f"checkpoint: storage {key[:80]!r} holds {info.file_size} bytes, the pickle "
+                               f"declares {numel} x {itemsize} (limit {MAX_STORAGE_BYTES})")
+        self._total += info.file_size
+        if self._total > self._budget:
+            raise WeightsError(f"checkpoint: its storages declare more than {self._budget} bytes "
+                               f"(4 x the file size + 1 MiB, at most {MAX_TOTAL_BYTES})")
+        self._storages[key] = Storage(key=key, dtype=stype.dtype, numel=numel)
+        return self._storages[key]
 
 
 def _scan_opcodes(data):
@@ -173,78 +237,131 @@ class Checkpoint:
                                f"re-save them with a current torch.save)")
         self._cache = {}
         try:
+            size = os.path.getsize(self.path)
             self._zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise WeightsError(f"{self.path}: damaged checkpoint ({e})") from None
+        except Exception as e:  # BadZipFile, OSError, and what a forged central directory trips
+            raise WeightsError(f"{self.path}: damaged checkpoint ({type(e).__name__}: {e})") from None
+        # storages may hold up to this much together; so may the arrays handed out
+        self.budget = min(4 * size + 2**20, MAX_TOTAL_BYTES)
+        self._handed_out = 0
         try:
+            self._infos = self._check_archive()
             self.tree = self._load_tree()
         except Exception as e:
             self._zip.close()
             if isinstance(e, WeightsError):
-                raise
+                msg = str(e)
+                raise (e if msg.startswith(self.path) else WeightsError(f"{self.path}: {msg}")) from None
             # a damaged archive, or anything the unpickler trips over in a malformed pickle
             kind = "damaged" if isinstance(e, (zipfile.BadZipFile, OSError, EOFError)) else "malformed"
             raise WeightsError(f"{self.path}: {kind} checkpoint ({type(e).__name__}: {e})") from None
 
+    def _check_archive(self):
+        """{name: ZipInfo}, after refusing entries that zipfile cannot read safely."""
+        infos = self._zip.infolist()
+        if len(infos) > MAX_ENTRIES:
+            raise WeightsError(f"{self.path}: {len(infos)} zip entries (at most {MAX_ENTRIES})")
+        by_name = {}
+        for i in infos:
+            name = i.filename[:80]
+            if i.filename in by_name:
+                raise WeightsError(f"{self.path}: zip entry {name!r} appears twice")
+            if i.flag_bits & 1:
+                raise WeightsError(f"{self.path}: zip entry {name!r} is encrypted")
+            if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise WeightsError(f"{self.path}: zip entry {name!r} uses compression method "
+                                   f"{i.compress_type} (only stored and deflated are read)")
+            if i.compress_type == zipfile.ZIP_STORED and i.compress_size != i.file_size:
+                raise WeightsError(f"{self.path}: zip entry {name!r} is stored with {i.compress_size} bytes "
+                                   f"but claims {i.file_size}")
+            if i.file_size > MAX_COMPRESSION_RATIO * max(i.compress_size, 1):
+                raise WeightsError(f"{self.path}: zip entry {name!r} expands {i.compress_size} bytes to "
+                                   f"{i.file_size} (more than {MAX_COMPRESSION_RATIO}:1)")
+            by_name[i.filename] = i
+        return by_name
+
+    def _read_member(self, info, out):
+        """Stream entry `info` into the writable byte buffer `out` of exactly its size."""
+        view = memoryview(out).cast("B")
+        try:
+            with self._zip.open(info) as f:
+                got = 0
+                while got < len(view):
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                extra = f.read(1)  # at the end zipfile checks the CRC
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as e:
+            raise WeightsError(f"{self.path}: damaged zip entry {info.filename[:80]!r} "
+                               f"({type(e).__name__}: {e})") from None
+        if got != len(view) or extra:
+            raise WeightsError(f"{self.path}: zip entry {info.filename[:80]!r} does not hold the "
+                               f"{len(view)} bytes its header declares")
+        return out
+
     def _load_tree(self):
-        pkls = [i for i in self._zip.infolist() if i.filename.count("/") == 1
-                and i.filename.endswith("/data.pkl")]
+        pkls = [i for name, i in self._infos.items() if name.count("/") == 1 and name.endswith("/data.pkl")]
         if len(pkls) != 1:
             raise WeightsError(f"{self.path}: a zip file, but not a PyTorch checkpoint (no <name>/data.pkl)")
         self.stem = pkls[0].filename.split("/")[0]
         if pkls[0].file_size > MAX_PICKLE_BYTES:
             raise WeightsError(f"{self.path}: data.pkl is {pkls[0].file_size} bytes, "
                                f"more than the {MAX_PICKLE_BYTES} allowed")
-        names = set(self._zip.namelist())
-        order = f"{self.stem}/byteorder"
+        order = self._infos.get(f"{self.stem}/byteorder")
         self.byteorder = "little"
-        if order in names:
-            with self._zip.open(order) as f:
-                self.byteorder = f.read(16).decode("ascii", "replace").strip()
+        if order is not None:
+            if order.file_size > 16:
+                raise WeightsError(f"{self.path}: byteorder entry of {order.file_size} bytes")
+            raw = self._read_member(order, bytearray(order.file_size))
+            self.byteorder = raw.decode("ascii", "replace").strip()
         if self.byteorder not in ("little", "big"):
             raise WeightsError(f"{self.path}: unknown byte order {self.byteorder!r}")
-        data = self._zip.read(pkls[0])
+        data = bytes(self._read_member(pkls[0], bytearray(pkls[0].file_size)))
         _scan_opcodes(data)
-        return _RestrictedUnpickler(data, names, self.stem).load()
+        return _RestrictedUnpickler(data, self._infos, self.stem, self.budget).load()
+
+    def _spend(self, nbytes, what):
+        """Count bytes handed out; refuse before allocating past the budget."""
+        self._handed_out += nbytes
+        if self._handed_out > self.budget:
+            raise WeightsError(f"{self.path}: {what} would bring the arrays read to more than {self.budget} "
+                               f"bytes (4 x the file size + 1 MiB): the pickle reuses its storages too often")
 
     def storage_array(self, storage):
         """The whole storage as a 1-D native-endian array (read once, cached)."""
         if storage.key not in self._cache:
-            info = self._zip.getinfo(f"{self.stem}/data/{storage.key}")
-            itemsize = 2 if storage.dtype == "bf16" else np.dtype(storage.dtype).itemsize
-            if info.file_size != storage.numel * itemsize or info.file_size > MAX_STORAGE_BYTES:
-                raise WeightsError(f"{self.path}: storage {storage.key!r} holds {info.file_size} bytes, "
-                                   f"the pickle declares {storage.numel} x {itemsize} "
-                                   f"(limit {MAX_STORAGE_BYTES})")
-            try:
-                raw = self._zip.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-                raise WeightsError(f"{self.path}: damaged storage {storage.key!r} ({e})") from None
+            info = self._infos[f"{self.stem}/data/{storage.key}"]  # sizes checked at unpickling
+            raw = self._read_member(info, np.empty(info.file_size, np.uint8))
             end = "<" if self.byteorder == "little" else ">"
             if storage.dtype == "bf16":  # bfloat16 = the top 16 bits of a float32
-                arr = (np.frombuffer(raw, end + "u2").astype(np.uint32) << 16).view(np.float32)
+                arr = (raw.view(end + "u2").astype(np.uint32) << 16).view(np.float32)
             else:
-                arr = np.frombuffer(raw, end + storage.dtype).astype(storage.dtype)  # native, owned
+                arr = raw.view(end + storage.dtype).astype(storage.dtype, copy=False)  # native
             self._cache[storage.key] = arr
         return self._cache[storage.key]
 
     def tensor(self, ref):
         """A TensorRef as an owned, contiguous NumPy array."""
         base = self.storage_array(ref.storage)
+        self._spend(math.prod(ref.shape) * base.itemsize, f"tensor of size {ref.shape}")
         if 0 in ref.shape:
             return np.empty(ref.shape, base.dtype)
         view = np.lib.stride_tricks.as_strided(base[ref.offset:], ref.shape,  # bounds checked at unpickling
                                                tuple(s * base.itemsize for s in ref.stride), writeable=False)
         return np.array(view, copy=True)
 
-    def materialize(self, obj):
+    def materialize(self, obj, depth=0):
         """`obj` (a subtree of self.tree) with every TensorRef replaced by its array."""
+        if depth > MAX_DEPTH:
+            raise WeightsError(f"{self.path}: containers nested deeper than {MAX_DEPTH} levels")
         if isinstance(obj, TensorRef):
             return self.tensor(obj)
         if isinstance(obj, dict):
-            return type(obj)((k, self.materialize(v)) for k, v in obj.items())
+            kind = OrderedDict if isinstance(obj, OrderedDict) else dict
+            return kind((k, self.materialize(v, depth + 1)) for k, v in obj.items())
         if isinstance(obj, (list, tuple)):
-            return type(obj)(self.materialize(v) for v in obj)
+            return type(obj)(self.materialize(v, depth + 1) for v in obj)
         return obj
 
     def close(self):
@@ -270,8 +387,10 @@ def read_state_dict(path):
         tree = ck.tree
         if isinstance(tree, dict) and isinstance(tree.get("state_dict"), dict):
             tree = tree["state_dict"]
-        if not (isinstance(tree, dict) and tree and all(isinstance(v, TensorRef) for v in tree.values())):
-            keys = list(tree)[:10] if isinstance(tree, dict) else type(tree).__name__
+        if not (isinstance(tree, dict) and tree and all(type(k) is str and isinstance(v, TensorRef)
+                                                        for k, v in tree.items())):
+            keys = [k if type(k) is str else type(k).__name__ for k in tree][:10] \
+                if isinstance(tree, dict) else type(tree).__name__
             raise WeightsError(f"{path}: no state dict found (neither ['state_dict'] nor a dict of tensors; "
                                f"top level: {keys})")
-        return OrderedDict((str(k), ck.tensor(v)) for k, v in tree.items())
+        return OrderedDict((k, ck.tensor(v)) for k, v in tree.items())

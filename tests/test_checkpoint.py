@@ -6,7 +6,6 @@ torch writes the reference checkpoints; hand-assembled pickles cover the malform
 import collections
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import zipfile
@@ -20,6 +19,8 @@ from minstf.config import STFConfig
 from minstf.errors import WeightsError
 from minstf.keys import TABLE_BUFFERS, relative_position_index, state_dict_spec
 from minstf.synthetic import recipe_weights
+
+from test_weights_forged_checkpoints import _str
 
 torch = pytest.importorskip("torch")
 
@@ -192,87 +193,6 @@ def test_extension_opcodes_are_refused(tmp_path):
     _replace_pickle(path, b"\x80\x02\x82\x01.")  # EXT1 code 1: a copyreg-registered callable
     with pytest.raises(WeightsError, match="refuses pickle opcode EXT1"):
         read_checkpoint(path)
-
-
-# --- hand-assembled checkpoints: bounds and storage checks -----------------------------------
-
-def _str(s):
-    b = s.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
-
-
-def _int(v):
-    if -2**31 <= v < 2**31:
-        return b"J" + struct.pack("<i", v)  # BININT
-    raw = v.to_bytes(8, "little", signed=True)
-    return b"\x8a\x08" + raw  # LONG1
-
-
-def _tuple(vals):
-    return b"(" + b"".join(_int(v) for v in vals) + b"t"
-
-
-def _tensor_pickle(numel, offset, size, stride, storage="FloatStorage", key="0"):
-    """{'t': _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())}."""
-    pid = (b"(" + _str("storage") + f"ctorch\n{storage}\n".encode() + _str(key) + _str("cpu")
-           + _int(numel) + b"tQ")
-    call = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + _int(offset) + _tuple(size) + _tuple(stride)
-            + b"\x89ccollections\nOrderedDict\n)RtR")
-    return b"\x80\x02}" + _str("t") + call + b"s."
-
-
-def _write_zip(path, pkl, storages, byteorder="little"):
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("ck/data.pkl", pkl)
-        z.writestr("ck/byteorder", byteorder)
-        for key, raw in storages.items():
-            z.writestr(f"ck/data/{key}", raw)
-
-
-def test_hand_made_strided_view_and_big_endian(tmp_path):
-    data = np.arange(12, dtype=np.float32)
-    _write_zip(tmp_path / "a.pt", _tensor_pickle(12, 1, (2, 3), (5, 2)), {"0": data.astype("<f4").tobytes()})
-    np.testing.assert_array_equal(read_checkpoint(tmp_path / "a.pt")["t"], [[1, 3, 5], [6, 8, 10]])
-    big_endian = {"0": data.astype(">f4").tobytes()}
-    _write_zip(tmp_path / "b.pt", _tensor_pickle(12, 0, (12,), (1,)), big_endian, "big")
-    np.testing.assert_array_equal(read_checkpoint(tmp_path / "b.pt")["t"], data)
-
-
-@pytest.mark.parametrize("numel, offset, size, stride, raw_len, match", [
-    (12, 0, (4, 4), (4, 1), 48, "reaches element 15"),  # view beyond the storage
-    (12, 10, (3,), (1,), 48, "reaches element 12"),
-    (12, 0, (3,), (-1,), 48, "negative"),
-    (12, 0, (3,), (1,), 40, "holds 40 bytes"),  # storage entry shorter than declared
-    (2**40, 0, (3,), (1,), 48, "holds 48 bytes"),  # huge declared storage: refused, not allocated
-])
-def test_out_of_bounds_tensors_are_refused(tmp_path, numel, offset, size, stride, raw_len, match):
-    _write_zip(tmp_path / "c.pt", _tensor_pickle(numel, offset, size, stride), {"0": bytes(raw_len)})
-    with pytest.raises(WeightsError, match=match):
-        read_checkpoint(tmp_path / "c.pt")
-
-
-@pytest.mark.parametrize("target", [b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_tensor_v2\n",
-                                    _tensor_pickle(12, 0, (3,), (1,))[3 + 6:-2]])
-def test_build_cannot_modify_stand_ins(tmp_path, target):
-    """BUILD (None, {attr: value}) sets attributes: e.g. a checked tensor's offset, or a shared dtype tag."""
-    attack = target + b"N}(" + _str("dtype") + _str("O") + _str("offset") + _int(10**6) + b"u\x86b."
-    _write_zip(tmp_path / "g.pt", b"\x80\x02" + attack, {"0": bytes(48)})
-    with pytest.raises(WeightsError, match="refuses to modify"):
-        read_checkpoint(tmp_path / "g.pt")
-    _write_zip(tmp_path / "h.pt", _tensor_pickle(12, 0, (3,), (1,)), {"0": bytes(48)})
-    assert read_checkpoint(tmp_path / "h.pt")["t"].dtype == np.float32  # the shared stand-ins are intact
-
-
-def test_missing_storage_and_bad_persistent_id(tmp_path):
-    _write_zip(tmp_path / "d.pt", _tensor_pickle(3, 0, (3,), (1,), key="7"), {"0": bytes(12)})
-    with pytest.raises(WeightsError, match="missing from the archive"):
-        read_checkpoint(tmp_path / "d.pt")
-    _write_zip(tmp_path / "e.pt", b"\x80\x02" + _str("x") + b"Q.", {})
-    with pytest.raises(WeightsError, match="persistent id"):
-        read_checkpoint(tmp_path / "e.pt")
-    _write_zip(tmp_path / "f.pt", b"\x80\x02}(" + _str("a"), {})  # truncated pickle
-    with pytest.raises(WeightsError, match="not a valid pickle"):
-        read_checkpoint(tmp_path / "f.pt")
 
 
 # --- without torch ---------------------------------------------------------------------------
