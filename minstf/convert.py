@@ -22,7 +22,7 @@ from .checkpoint import read_state_dict
 from .config import STFConfig
 from .errors import OutputExists, WeightsError
 from .keys import config_from_shapes, relative_position_index, state_dict_spec
-from .weights import _listed, alignment_problems, nonfinite_problem, read_safetensors, save_weights
+from .weights import listed, alignment_problems, nonfinite_problem, read_safetensors, save_weights
 
 _EB_LIST = re.compile(r"entropy_bottleneck\._?(matrices|biases|factors)\.(\d+)")
 _SINGULAR = {"matrices": "matrix", "biases": "bias", "factors": "factor"}
@@ -61,7 +61,7 @@ def state_dict_to_params(state_dict, config):
              and not np.array_equal(renamed[s.key], index)]
     if wrong:
         raise WeightsError(f"checkpoint: relative_position_index differs from the one for window size "
-                           f"{config.window_size}: {_listed(wrong)}")
+                           f"{config.window_size}: {listed(wrong)}")
     params = {k: v for k, v in renamed.items() if k not in buffers}
     expected = {s.key: s.shape for s in spec if s.kind == "param"}
     problems = alignment_problems(params, expected)

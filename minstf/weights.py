@@ -128,7 +128,7 @@ def _no_duplicates(pairs):
     """json object_pairs_hook: a key given twice would make the file mean two things."""
     counts = Counter(k for k, _ in pairs)
     if len(counts) != len(pairs):
-        raise ValueError(f"duplicate keys {_listed(k for k, n in counts.items() if n > 1)}")
+        raise ValueError(f"duplicate keys {listed(k for k, n in counts.items() if n > 1)}")
     return dict(pairs)
 
 
@@ -243,7 +243,7 @@ def read_safetensors(path):
 
 # --- validation: import with asserted alignment ------------------------------------------
 
-def _listed(keys, limit=10):
+def listed(keys, limit=10):
     keys = list(keys)
     more = f", … ({len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -255,7 +255,7 @@ def alignment_problems(arrays, expected):
     unknown = [k for k in arrays if k not in expected]
     misshaped = [f"{k} {tuple(arrays[k].shape)} (expected {tuple(expected[k])})"
                  for k in expected if k in arrays and tuple(arrays[k].shape) != tuple(expected[k])]
-    return [f"{len(ks)} {what}: {_listed(ks)}" for what, ks in
+    return [f"{len(ks)} {what}: {listed(ks)}" for what, ks in
             (("missing", missing), ("unknown", unknown), ("mis-shaped", misshaped)) if ks]
 
 
@@ -263,7 +263,7 @@ def table_problems(tables, config):
     """Shape, dtype and range problems of the seven entropy tables (their widths vary)."""
     missing = [k for k in TABLE_BUFFERS if k not in tables]
     unknown = [k for k in tables if k not in TABLE_BUFFERS]
-    problems = [f"{len(ks)} {what} tables: {_listed(ks)}"
+    problems = [f"{len(ks)} {what} tables: {listed(ks)}"
                 for what, ks in (("missing", missing), ("unknown", unknown)) if ks]
     problems += [f"{k} has dtype {a.dtype}, expected {TABLE_DTYPES[k]}" for k, a in tables.items()
                  if k in TABLE_DTYPES and DTYPE_CODES.get(a.dtype.newbyteorder("<")) != TABLE_DTYPES[k]]
@@ -297,7 +297,7 @@ def nonfinite_problem(arrays, limit=5):
     bad = [k for k, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
     if not bad:
         return ""
-    return f"non-finite values (NaN or Inf) in {len(bad)} parameters: {_listed(bad, limit)}"
+    return f"non-finite values (NaN or Inf) in {len(bad)} parameters: {listed(bad, limit)}"
 
 
 def config_problems(params, config):
