@@ -23,41 +23,32 @@
 #    \qquad H_o = \left\lfloor \frac{H + 2p - k}{s} \right\rfloor + 1 . $$
 #
 # NumPy has no fast convolution, but it has a fast matrix product (BLAS). This lesson turns
-# the six loops of the formula into matrix products in two ways: *im2col* (copy the patches into
-# one big matrix, one product) and the *flat row-offset* trick minstf uses for stride 1 (one
-# product per kernel tap on shifted views, no copy). Then *pixel shuffle*, the reshuffle that
-# turns channels into resolution in $h_{\mu}$, $h_{\sigma}$, PatchSplit and the end of $g_s$.
+# the six loops of the formula into matrix products, and builds up the way minstf does:
+#
+# 1. **naive**: the six loops, straight from the formula;
+# 2. **reference**: *im2col* (copy the patches into one big matrix, one product), which is
+#    `conv2d` in `minstf/reference/ops.py`, the layer written to be read;
+# 3. **fast**: *taps first* (one product of the unpadded map with all taps' weights, then
+#    shifted sums) and a blocked im2col, which is `conv2d` in `minstf/kernels/ops.py`, proven
+#    equal to the reference by `tests/test_kernels.py`.
+#
+# Then *pixel shuffle*, the reshuffle that turns channels into resolution in $h_{\mu}$,
+# $h_{\sigma}$, PatchSplit and the end of $g_s$. The two layers are picked by
+# `minstf.switch.get_kernels("reference" | "fast")`; every function of
+# `minstf.switch.INTERFACE` exists in both with the same arguments (docs/architecture.md §2).
 
 # %%
-import os
-import sys
-
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
-    matplotlib.use("Agg")
+import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minstf
-from minstf.ops import conv2d, gelu, pixel_shuffle
+from minstf.kernels import ops as fast_ops
+from minstf.switch import get_kernels
 from minstf.transforms import h_mean_s
 
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"  # CI: smaller sizes (the loops here are small anyway)
-FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")  # a folder: also save every figure there as PNG
-
-
-def show(fig, name):
-    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
-    if "ipykernel" in sys.modules:
-        plt.show()
-        return
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, f"02_{name}.png"), dpi=80)
-    plt.close(fig)
-
-
+ref = get_kernels("reference")  # minstf/reference/: conv2d, gelu, pixel_shuffle, ... written to be read
+fast = get_kernels("fast")  # minstf/kernels/: the same functions rewritten for speed
 rng = np.random.default_rng(0)
 
 # %% [markdown]
@@ -122,9 +113,29 @@ def conv2d_im2col(x, w, bias, stride=1, padding=0):
     return cols @ wmat + bias  # (B, Ho, Wo, k*k*Cin) @ (k*k*Cin, O) -> (B, Ho, Wo, O)
 
 
+# float32 sums of 27 products (values ~N(0, 1)) in another order than the float64 loops:
+# errors ~1e-6, so 1e-5 separates rounding from a wrong tap by orders of magnitude
 np.testing.assert_allclose(conv2d_im2col(x, w, bias, 1, 1), ref1, rtol=1e-5, atol=1e-5)
 np.testing.assert_allclose(conv2d_im2col(x, w, bias, 2, 1), ref2, rtol=1e-5, atol=1e-5)
 print("im2col == naive (stride 1 and 2)")
+
+# %% [markdown]
+# ### The reference layer's im2col
+#
+# `conv2d` in `minstf/reference/ops.py` is this im2col, with one difference in bookkeeping: it
+# stacks the $k^2$ taps on a *last* axis, so a patch row is ordered $(c, d_y, d_x)$, the order of
+# the weight's own axes `(Cin, k, k)`; then the kernel matrix is a plain reshape of the
+# PyTorch weight, no transpose. Its real lines:
+
+# %%
+L.source(ref.conv2d, start="xp = xp_of(x)")
+
+# %%
+# the same float32 products, summed in another order than our (dy, dx, c) im2col: same tolerance
+np.testing.assert_allclose(ref.conv2d(x, w, bias, stride=1, padding=1), ref1, rtol=1e-5, atol=1e-5)
+np.testing.assert_allclose(ref.conv2d(x, w, bias, stride=2, padding=1), ref2, rtol=1e-5, atol=1e-5)
+print("naive == minstf.reference.conv2d (stride 1 and 2), max difference "
+      f"{L.max_diff(ref.conv2d(x, w, bias, stride=1, padding=1), ref1):.1e}")
 
 # %% [markdown]
 # What the patch matrix holds, for a one-channel 4×4 image with a 3×3 kernel and padding 1:
@@ -143,12 +154,13 @@ ax.set_xticks(range(9), [f"{dy},{dx}" for dy in range(3) for dx in range(3)], fo
 ax.set_xlabel("kernel tap (dy, dx)")
 ax.set_ylabel("output pixel y*4 + x")
 ax.set_title("im2col: input pixel per (output, tap)")
-show(fig, "im2col_matrix")
+L.show(fig, "im2col_matrix")
 
 # %% [markdown]
-# ## 3. minstf's flat row-offset trick (stride 1)
+# ## 3. A trick minstf does not use: flat row offsets (stride 1)
 #
-# Flatten the zero-padded map to rows: pixel $(b, y, x)$ of the padded $H_p \times W_p$ map is
+# Before the fast layer, here is a classic way to avoid im2col's copies, because it shows the
+# idea the fast layer builds on: *shift instead of copy*. Flatten the zero-padded map to rows: pixel $(b, y, x)$ of the padded $H_p \times W_p$ map is
 # row $l = b H_p W_p + y W_p + x$ of a $(B H_p W_p) \times C_{in}$ matrix. Store output pixel
 # $(b, y, x)$ in the *same* row $l$. It needs input pixel $(y + d_y, x + d_x)$, which is row
 #
@@ -178,7 +190,7 @@ def conv2d_flat(x, w, bias, padding):
     return out.reshape(B, Hp, Wp, O)[:, :Ho, :Wo]  # (B*Hp*Wp, O) -> (B, Hp, Wp, O) -> crop (B, Ho, Wo, O)
 
 
-np.testing.assert_allclose(conv2d_flat(x, w, bias, 1), ref1, rtol=1e-5, atol=1e-5)
+np.testing.assert_allclose(conv2d_flat(x, w, bias, 1), ref1, rtol=1e-5, atol=1e-5)  # float32 sums, as above
 print("flat row-offset == naive")
 
 # %% [markdown]
@@ -223,26 +235,86 @@ for ax in axes:
         ax.text(c, r, v, ha="center", va="center", fontsize=9)
     ax.set_xticks(range(Wp_))
     ax.set_yticks(range(Hp_))
-show(fig, "flat_row_offsets")
+L.show(fig, "flat_row_offsets")
 
 # %% [markdown]
-# ## 4. Check against `minstf.ops.conv2d`
+# The garbage rows are the price: $(W_p - W_o)/W_p$ of all the work (a fifth of it for a 3×3
+# kernel on a 10-pixel-wide map), plus a padded copy of the input.
 #
-# `minstf.ops.conv2d` does exactly this for stride 1 (with the weights transposed once to
-# `(k, k, Cin, O)` so that each tap's matrix is contiguous). For stride 2 (PatchEmbed, and two
-# convolutions of $h_a$) the row-offset trick would compute four times too many rows, so it uses
-# im2col on strided views. Both against the naive reference:
+# ## 4. The fast layer: taps first
+#
+# `conv2d` in `minstf/kernels/ops.py` turns the sum around. Instead of gathering the inputs of
+# each output pixel, it first computes what every input pixel contributes through every tap,
+# with **one** product of the *unpadded* map with all taps' weights side by side,
+# $Y = x \cdot [W_{0,0} \,|\, W_{0,1} \,|\, \dots]$, of shape $(H W) \times (k^2 O)$; then each
+# output pixel adds up $k^2$ shifted views of $Y$:
+#
+# $$ \mathrm{out}[y, x] = \mathrm{bias} + \sum_{d_y, d_x} Y[y + d_y - p,\; x + d_x - p,\;
+#    \text{columns of tap } (d_y, d_x)] , $$
+#
+# leaving out the terms whose $Y$ position falls outside the map (they would read the zero
+# padding, so they are zero). It moves fewer bytes than im2col when $O \le C_{in}$ ($k^2 O$
+# values per pixel instead of $k^2 C_{in}$), which is the case of the slice networks and $h_a$;
+# for $O > C_{in}$ (the 5×5 of `end_conv`, the hyper synthesis) it runs im2col by blocks of
+# output rows instead, so that the patch matrix stays a few MB. The module's own description:
 
 # %%
-np.testing.assert_allclose(conv2d(x, w, bias, stride=1, padding=1), ref1, rtol=1e-5, atol=1e-5)
-np.testing.assert_allclose(conv2d(x, w, bias, stride=2, padding=1), ref2, rtol=1e-5, atol=1e-5)
+doc = fast_ops.__doc__
+print(doc[doc.index("Convolutions (stride 1)"):doc.index("Weights keep PyTorch's layout in `params`")].rstrip())
+
+# %% [markdown]
+# Taps first, written out in a few lines (the library does the same by blocks of rows, one row
+# of taps at a time, and on several threads: `_conv_taps_first` and `_sum_taps`):
+
+# %%
+def conv2d_taps_first(x, w, bias, padding):
+    """Stride-1 convolution: one product x @ (Cin, k*k*O), then k*k shifted, clipped sums."""
+    B, H, W, Cin = x.shape
+    O, _, k, _ = w.shape
+    p = padding
+    Ho, Wo = H + 2 * p - k + 1, W + 2 * p - k + 1
+    wide = w.reshape(O, Cin, k * k).transpose(1, 2, 0).reshape(Cin, k * k * O)  # columns (dy, dx, o)
+    Y = (x @ wide).reshape(B, H, W, k, k, O)  # (B, H, W, Cin) @ (Cin, k*k*O): Y[..., dy, dx, :]
+    out = np.zeros((B, Ho, Wo, O), dtype=np.float32) + bias
+    for dy in range(k):
+        for dx in range(k):  # output (i, j) reads Y[i + dy - p, j + dx - p], where that is inside
+            i0, i1 = max(0, p - dy), min(Ho, H + p - dy)
+            j0, j1 = max(0, p - dx), min(Wo, W + p - dx)
+            out[:, i0:i1, j0:j1] += Y[:, i0 + dy - p:i1 + dy - p, j0 + dx - p:j1 + dx - p, dy, dx]
+    return out
+
+
+# the same float32 products, summed in another order: the tolerance of section 2
+np.testing.assert_allclose(conv2d_taps_first(x, w, bias, 1), ref1, rtol=1e-5, atol=1e-5)
+print("taps first == naive")
+
+# %% [markdown]
+# ## 5. Naive, reference and fast agree
+#
+# The two layers side by side, on the cases STF has: 3×3 stride 1 with $O = 4 > C_{in} = 3$
+# (the fast layer's blocked im2col) and with $C_{in} = 8 > O = 4$ (taps first), 3×3 stride 2
+# ($h_a$: im2col on strided views in both layers) and 5×5 (`end_conv.0`). `tests/test_kernels.py::test_conv2d`
+# proves `fast.conv2d` equal to `ref.conv2d` on ten shapes (odd sizes, maps smaller than the
+# kernel, 1×1, both fast paths, with the block table shrunk so that many block edges are
+# crossed) within `F32 = 2e-5` times the largest magnitude; here we check against the loops.
+
+# %%
 w5 = rng.standard_normal((O, Cin, 5, 5)).astype(np.float32)  # end_conv.0 is 5x5 with padding 2
-np.testing.assert_allclose(conv2d(x, w5, bias, padding=2),
-                           np.stack([conv2d_naive(img, w5, bias, 1, 2) for img in x]), rtol=1e-5, atol=1e-5)
-print("minstf.ops.conv2d == naive (3x3 stride 1 and 2, 5x5)")
+naive5 = np.stack([conv2d_naive(img, w5, bias, 1, 2) for img in x])
+wide_in = rng.standard_normal((B, H, W, 8)).astype(np.float32)  # Cin = 8 > O = 4: fast takes taps first
+w8 = rng.standard_normal((O, 8, 3, 3)).astype(np.float32)
+naive8 = np.stack([conv2d_naive(img, w8, bias, 1, 1) for img in wide_in])
+for name, layer in (("reference", ref), ("fast", fast)):
+    # float32 sums of 27..100 products in other orders than the float64 loops: errors ~1e-6
+    np.testing.assert_allclose(layer.conv2d(x, w, bias, stride=1, padding=1), ref1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.conv2d(x, w, bias, stride=2, padding=1), ref2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.conv2d(x, w5, bias, padding=2), naive5, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(layer.conv2d(wide_in, w8, bias, padding=1), naive8, rtol=1e-5, atol=2e-5)
+    print(f"minstf.{'reference' if layer is ref else 'kernels'}.conv2d == naive (3x3 stride 1 and 2, 5x5, "
+          f"taps first): max difference {L.max_diff(layer.conv2d(wide_in, w8, bias, padding=1), naive8):.1e}")
 for h_ in (5, 6, 7, 8):  # a 3x3, stride 2, padding 1 convolution halves sizes, rounding up
-    assert conv2d(np.zeros((1, h_, 3, 1), np.float32), np.zeros((1, 1, 3, 3), np.float32),
-                  stride=2, padding=1).shape[1] == -(-h_ // 2)
+    assert ref.conv2d(np.zeros((1, h_, 3, 1), np.float32), np.zeros((1, 1, 3, 3), np.float32),
+                      stride=2, padding=1).shape[1] == -(-h_ // 2)
 
 # %% [markdown]
 # And against PyTorch, when it is installed (it is optional: minstf itself never imports it).
@@ -258,27 +330,31 @@ if torch is not None:
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())  # (B, H, W, Cin) -> (B, Cin, H, W)
     for stride in (1, 2):
         yt = torch.nn.functional.conv2d(xt, torch.from_numpy(w), torch.from_numpy(bias), stride=stride, padding=1)
-        np.testing.assert_allclose(conv2d(x, w, bias, stride=stride, padding=1),
-                                   yt.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)  # NCHW -> NHWC
-    print("minstf.ops.conv2d == torch.nn.functional.conv2d")
+        for layer in (ref, fast):  # another float32 program (oneDNN or torch's own kernels): as above
+            np.testing.assert_allclose(layer.conv2d(x, w, bias, stride=stride, padding=1),
+                                       yt.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)  # NCHW -> NHWC
+    print("minstf.reference.conv2d == minstf.kernels.conv2d == torch.nn.functional.conv2d")
 
 # %% [markdown]
-# What the copy costs: im2col's patch matrix is $k^2$ times the (padded) input. For three
-# convolutions of upstream STF on a 768×512 Kodak image (the 5×5 one is `end_conv.0`, at half
-# the image resolution), in float32:
+# What the copies cost: the reference im2col's patch matrix is $k^2 C_{in}$ values per output
+# pixel; taps first needs $k O$ values per input pixel for one row of taps at a time (what the
+# fast layer keeps, by blocks of rows of `minstf.kernels.threads.BLOCK["conv rows"]` values);
+# the fast im2col for $O > C_{in}$ holds only a block of output rows (`BLOCK["im2col"]` values,
+# ~2 MB). For three convolutions of upstream STF on a 768×512 Kodak image (the 5×5 one is
+# `end_conv.0`, at half the image resolution), in float32:
 
 # %%
-print(f"{'convolution':38s} {'input':>9s} {'im2col':>9s}")
-for name, (h_, w_, cin, k_) in {"h_a.0 (3x3, 384 ch, 32x48)": (32, 48, 384, 3),
-                                "cc_mean_transforms.6.0 (3x3, 576 ch)": (32, 48, 576, 3),
-                                "end_conv.0 (5x5, 48 ch, 256x384)": (256, 384, 48, 5)}.items():
-    x_bytes = 4 * h_ * w_ * cin
-    print(f"{name:38s} {x_bytes / 2**20:7.1f}MB {k_ * k_ * x_bytes / 2**20:7.1f}MB")
+print(f"{'convolution':40s} {'input':>8s} {'im2col':>8s} {'taps 1st':>9s}  fast layer")
+for name, (h_, w_, cin, o_, k_) in {"h_a.0 (3x3, 384 -> 336, 32x48)": (32, 48, 384, 336, 3),
+                                    "cc_mean_transforms.6.0 (3x3, 576 -> 224)": (32, 48, 576, 224, 3),
+                                    "end_conv.0 (5x5, 48 -> 192, 256x384)": (256, 384, 48, 192, 5)}.items():
+    pixels = 4 * h_ * w_  # bytes per value-plane
+    way = "taps first" if o_ <= cin else "im2col by ~2 MB blocks"
+    print(f"{name:40s} {pixels * cin / 2**20:6.1f}MB {pixels * k_ * k_ * cin / 2**20:6.1f}MB "
+          f"{pixels * k_ * o_ / 2**20:7.1f}MB  {way}")
 
 # %% [markdown]
-# The row-offset version needs no memory beyond the padded input and the output (its garbage
-# rows are a few percent more output). The time each takes depends on the BLAS library and on
-# the machine (exercise 1).
+# The time each takes depends on the BLAS library and on the machine (exercise 1).
 
 # %% [markdown]
 # ## 5. Pixel shuffle: channels become resolution
@@ -316,11 +392,13 @@ def pixel_shuffle_vectorized(x, r):
 xs = rng.standard_normal((2, 3, 5, 3 * 4)).astype(np.float32)  # (B, H, W, C*r*r), C = 3, r = 2
 ps = pixel_shuffle_naive(xs, 2)  # (2, 6, 10, 3)
 np.testing.assert_array_equal(pixel_shuffle_vectorized(xs, 2), ps)
-np.testing.assert_array_equal(pixel_shuffle(xs, 2), ps)  # minstf.ops.pixel_shuffle
+# a pure permutation: no arithmetic, so every layer must give exactly the same numbers
+np.testing.assert_array_equal(ref.pixel_shuffle(xs, 2), ps)  # minstf/reference/ops.py
+np.testing.assert_array_equal(fast.pixel_shuffle(xs, 2), ps)  # minstf/kernels/ops.py (also writes into views)
 if torch is not None:  # PyTorch's PixelShuffle on NCHW
     pt = torch.nn.functional.pixel_shuffle(torch.from_numpy(xs.transpose(0, 3, 1, 2).copy()), 2)
     np.testing.assert_array_equal(pt.numpy().transpose(0, 2, 3, 1), ps)
-print("pixel shuffle:", xs.shape, "->", ps.shape, "naive == reshape/transpose == minstf (== torch)")
+print("pixel shuffle:", xs.shape, "->", ps.shape, "naive == reshape/transpose == reference == fast (== torch)")
 
 # %% [markdown]
 # The picture: a 2×3 map with $C = 1$, $r = 2$, so 4 channels per pixel. Each output pixel
@@ -330,7 +408,7 @@ print("pixel shuffle:", xs.shape, "->", ps.shape, "naive == reshape/transpose ==
 # %%
 H_, W_, r = 2, 3, 2
 label = np.arange(H_ * W_)[:, None] * 10 + np.arange(r * r)[None, :]  # 10*pixel + channel
-shuffled = pixel_shuffle(label.reshape(1, H_, W_, r * r), r)[0, :, :, 0]  # (1, 2, 3, 4) -> (4, 6)
+shuffled = ref.pixel_shuffle(label.reshape(1, H_, W_, r * r), r)[0, :, :, 0]  # (1, 2, 3, 4) -> (4, 6)
 fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
 ax.imshow(shuffled // 10, cmap="Pastel1")
 for (rr, cc), v in np.ndenumerate(shuffled):
@@ -338,7 +416,7 @@ for (rr, cc), v in np.ndenumerate(shuffled):
 ax.set_xticks(range(W_ * r))
 ax.set_yticks(range(H_ * r))
 ax.set_title("PixelShuffle(2): output pixel = input pixel : channel")
-show(fig, "pixel_shuffle")
+L.show(fig, "pixel_shuffle")
 
 # %% [markdown]
 # ## 6. The sub-pixel convolution of the hyper synthesis
@@ -349,7 +427,15 @@ show(fig, "pixel_shuffle")
 # resolution. (The end of $g_s$ does the same with a 5×5 convolution.) Upstream's keys show the
 # two-module sequence: `h_mean_s.2.0` is the convolution inside `h_mean_s.2`.
 #
-# $h_{\mu}$ written out with the shipped weights, checked against `minstf.transforms.h_mean_s`:
+# $h_{\mu}$ written out with the shipped weights and the reference functions, then checked
+# against `minstf.transforms.h_mean_s` on both layers. Its real lines in `minstf/transforms.py`
+# (`_h_s`, shared by `h_mean_s` and `h_scale_s`; `_conv` is a convolution with padding $k//2$,
+# `gelu=True` picks `conv2d_gelu`, GELU(conv)):
+
+# %%
+from minstf import transforms  # noqa: E402
+
+L.source(transforms._h_s, start="x = _conv")
 
 # %%
 model = minstf.load_model()
@@ -359,39 +445,56 @@ for key in ("h_mean_s.0", "h_mean_s.2.0", "h_mean_s.4", "h_mean_s.6.0", "h_mean_
 
 
 def conv(x, key):
-    return conv2d(x, p[f"{key}.weight"], p[f"{key}.bias"], padding=1)
+    return ref.conv2d(x, p[f"{key}.weight"], p[f"{key}.bias"], padding=1)
 
 
 z_hat = np.rint(2 * rng.standard_normal((1, 4, 6, cfg.N_z))).astype(np.float32)  # (1, zh, zw, N_z)
-t = gelu(conv(z_hat, "h_mean_s.0"))  # (1, 4, 6, 4e) -> (1, 4, 6, 5e)
+t = ref.gelu(conv(z_hat, "h_mean_s.0"))  # (1, 4, 6, 4e) -> (1, 4, 6, 5e)
 t = conv(t, "h_mean_s.2.0")  # -> (1, 4, 6, 4*6e): subpel conv ...
-t = gelu(pixel_shuffle(t, 2))  # -> (1, 8, 12, 6e): ... then PixelShuffle(2)
-t = gelu(conv(t, "h_mean_s.4"))  # -> (1, 8, 12, 7e)
-t = gelu(pixel_shuffle(conv(t, "h_mean_s.6.0"), 2))  # -> (1, 8, 12, 4*8e) -> (1, 16, 24, 8e)
+t = ref.gelu(ref.pixel_shuffle(t, 2))  # -> (1, 8, 12, 6e): ... then PixelShuffle(2)
+t = ref.gelu(conv(t, "h_mean_s.4"))  # -> (1, 8, 12, 7e)
+t = ref.gelu(ref.pixel_shuffle(conv(t, "h_mean_s.6.0"), 2))  # -> (1, 8, 12, 4*8e) -> (1, 16, 24, 8e)
 means = conv(t, "h_mean_s.8")  # -> (1, 16, 24, M)
 print("z_hat", z_hat.shape, "-> latent_means", means.shape)
-np.testing.assert_allclose(means, h_mean_s(z_hat, p, cfg), rtol=1e-5, atol=1e-5)
-print("by hand == minstf.transforms.h_mean_s")
+# the reference h_mean_s runs these very functions, with GELU after the shuffle moved before it
+# (they commute): the same float32 numbers up to rounding order, ~1e-7 relative
+scale = np.abs(means).max()
+np.testing.assert_allclose(h_mean_s(z_hat, p, cfg, kernels="reference"), means, rtol=1e-5, atol=1e-5 * scale)
+# the fast layer: other summation orders in five convolutions, the erfc-fit GELU (relative error
+# < 1.2e-7); tests/test_kernels.py allows 2e-5 x the largest magnitude per kernel, five chained here
+np.testing.assert_allclose(h_mean_s(z_hat, p, cfg, kernels="fast"), means, rtol=1e-4, atol=1e-4 * scale)
+print(f"by hand == h_mean_s on the reference layer (max difference "
+      f"{L.max_diff(h_mean_s(z_hat, p, cfg, kernels='reference'), means):.1e}) and on the fast layer "
+      f"({L.max_diff(h_mean_s(z_hat, p, cfg, kernels='fast'), means):.1e}); largest |value| {scale:.1f}")
 
 # %% [markdown]
 # ## Summary
 #
 # * A convolution is a sum over kernel taps of matrix products. im2col copies all patches into a
-#   $(B H_o W_o) \times (k^2 C_{in})$ matrix and runs one product; its memory grows by $k^2$.
-# * minstf's stride-1 convolution keeps the padded map as flat rows; tap $(d_y, d_x)$ is the row
-#   slice shifted by $d_y W_p + d_x$, so $k^2$ products on views, plus a crop of the garbage rows.
+#   $(B H_o W_o) \times (k^2 C_{in})$ matrix and runs one product; its memory grows by $k^2$. That is
+#   `conv2d` in `minstf/reference/ops.py`, the layer written to be read.
+# * The fast layer (`conv2d` in `minstf/kernels/ops.py`) computes $Y = x \cdot [W_{tap} \dots]$ once
+#   and sums $k^2$ shifted, clipped views of it when $O \le C_{in}$ (taps first), or runs im2col by
+#   blocks of rows when $O > C_{in}$; `tests/test_kernels.py::test_conv2d` proves it equal to the
+#   reference within float32 noise (2e-5 of the largest magnitude).
 # * Pixel shuffle is a reshape and a transpose: channel $c r^2 + i r + j$ goes to offset $(i, j)$
-#   of an $r \times r$ block. A 3×3 convolution followed by it is the sub-pixel convolution of
-#   the hyper synthesis.
+#   of an $r \times r$ block, the same permutation in both layers (compared exactly). A 3×3
+#   convolution followed by it is the sub-pixel convolution of the hyper synthesis.
 #
 # ## Exercises
 #
-# 1. Time `conv2d_naive`, `conv2d_im2col`, `conv2d_flat` and `minstf.ops.conv2d` on a
-#    (1, 64, 96, 64) map with 64 output channels (`time.perf_counter`, best of several runs).
-#    Then extend `conv2d_flat` to stride 2 by computing all rows and keeping every second one:
-#    how much work is wasted, and why does minstf use im2col for stride 2 instead?
+# 1. Time `conv2d_naive`, `conv2d_im2col`, `conv2d_taps_first`, `ref.conv2d` and `fast.conv2d` on
+#    a (1, 64, 96, 64) map with 64 output channels (`time.perf_counter`, best of several runs).
+#    Then make `conv2d_taps_first` work for stride 2: which shifted views of $Y$ does an output
+#    pixel read, and how much of $Y$ is never used?
+#    *Hint:* with stride 2 only every second row and column of $Y$'s shifted views is read, so
+#    three quarters of the big product is wasted; that is why both layers use im2col for stride 2.
 # 2. Derive from the output-size formula why a 3×3 convolution with stride 2 and padding 1
-#    (in $h_a$) gives $\lceil H/2 \rceil$, and show that a 1×1 convolution is `minstf.ops.linear`
+#    (in $h_a$) gives $\lceil H/2 \rceil$, and show that a 1×1 convolution is `ref.linear`
 #    on the channels.
+#    *Hint:* $\lfloor (H + 2 - 3)/2 \rfloor + 1 = \lfloor (H-1)/2 \rfloor + 1$; for the 1×1 case
+#    compare `ref.conv2d(x, w)` with `ref.linear(x, w[:, :, 0, 0])` (with a tolerance).
 # 3. A sub-pixel convolution can be written as a transposed convolution with a 6×6 kernel and
 #    stride 2 (`torch.nn.functional.conv_transpose2d`). Build that kernel from `h_mean_s.2.0`.
+#    *Hint:* output sub-pixel $(i, j)$ of channel $c$ comes from conv output channel $4c + 2i + j$;
+#    place its 3×3 taps at rows $2d_y + i$, columns $2d_x + j$ of the 6×6 kernel (then mind the padding).
