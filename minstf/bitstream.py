@@ -290,6 +290,23 @@ def _validate(header, limits, multiple):
         raise CorruptFile(f"unknown format version {header.version}")
 
 
+def describe(header, file_bytes, z_len, y_len, weights_note):
+    """[(field, text)]: what `minstf info` prints about a file of `file_bytes` bytes."""
+    h, w, payload = header.height, header.width, z_len + y_len
+    Hp, Wp = header.padded_size
+    return [
+        ("model", header.model_id),
+        ("weights", f"{header.fingerprint.hex()[:12]}… ({weights_note})"),
+        ("image", f"{w}x{h}, coded as {Wp}x{Hp} (padding left, top, right, bottom: "
+                  f"{', '.join(map(str, header.padding))})"),
+        ("mode", "portable (entropy parameters in float64)" if header.portable
+         else "float32 (fast; a decoder on another machine or backend may disagree)"),
+        ("slices", str(header.num_slices)),
+        ("payload", f"{payload:,} bytes (z {z_len:,}, y {y_len:,}); header {file_bytes - payload} bytes"),
+        ("bpp", f"{8 * file_bytes / (h * w):.4f} (file), {8 * payload / (h * w):.4f} (payload)"),
+    ]
+
+
 # --- checks done while decoding ---------------------------------------------------
 
 def check_weights(header, fingerprint):

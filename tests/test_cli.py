@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from minstf import cli
+from minstf import cli as cli_module
+from minstf import fileio
 from minstf.cli import main
 from minstf.codec import decode_image, encode_image
 from minstf.errors import BadInput, CorruptFile, DecoderMismatch, OutputExists, WeightsError, WrongWeights
@@ -204,15 +205,158 @@ def test_failed_write_leaves_nothing(tmp_path, mstf, monkeypatch):
 
     def disk_full(*args):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(cli.os, "replace", disk_full)
-    assert_error(run("decode", mstf[0], "-o", out, "--force"), 1, "No space left on device")
+    monkeypatch.setattr(fileio.os, "replace", disk_full)
+    assert_error(run("decode", mstf[0], "-o", out, "--force"), 1, f"{out}: No space left on device")
     assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
 def test_output_path_problems(tmp_path, mstf):
     assert_error(run("decode", mstf[0], "-o", tmp_path / "no" / "x.png"), BadInput.exit_code, "does not exist")
     assert_error(run("decode", mstf[0], "-o", tmp_path / "x.jpg"), BadInput.exit_code, "PNG only")
-    assert run("decode", mstf[0], "-o", tmp_path).exit_code == 2      # a directory: click's usage error
+    assert_error(run("decode", mstf[0], "-o", tmp_path), 1, f"{tmp_path}: Is a directory")
+
+
+def _subprocess(args, shipped, **kw):
+    """The real entry point (python -m minstf.cli) with the small shipped weights."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MINSTF_WEIGHTS_DIR": str(shipped)}
+    return subprocess.run([sys.executable, "-m", "minstf.cli", *map(str, args)], cwd=REPO, timeout=60,
+                          env=env, **kw)
+
+
+def test_no_input_is_ever_an_output(tmp_path, mstf, shipped):
+    """Every input of a command (image, .mstf, --weights, checkpoint), under any name (hard
+    link, symbolic link), is refused as its output, --force or not."""
+    src = png_file(tmp_path / "in.png")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes((shipped / "stf-small-q2.safetensors").read_bytes())
+    (tmp_path / "link.png").hardlink_to(src)
+    (tmp_path / "sym.png").symlink_to(src)
+    kept = {p: p.read_bytes() for p in (src, weights)}
+    for out in (tmp_path / "link.png", tmp_path / "sym.png"):
+        assert_error(run("encode", src, "-o", out, "--force"), BadInput.exit_code, f"is the input file {src}")
+    assert_error(run("encode", src, "-o", weights, "-w", weights, "--force"), BadInput.exit_code,
+                 f"{weights} is the input file {weights}")
+    assert_error(run("demo", src, "-w", weights, "--keep", tmp_path, "--force"), BadInput.exit_code,
+                 "is the input file")                               # demo would write in.png
+    as_png = tmp_path / "file.png"                                  # a .mstf file named like a PNG
+    as_png.write_bytes(mstf[0].read_bytes())
+    assert_error(run("decode", as_png, "-o", as_png, "--force"), BadInput.exit_code, "is the input file")
+    weights_png = tmp_path / "w.png"
+    weights_png.write_bytes(weights.read_bytes())
+    assert_error(run("decode", mstf[0], "-o", weights_png, "-w", weights_png, "--force"), BadInput.exit_code,
+                 "is the input file")
+    assert_error(run("convert", weights, weights, "--force"), BadInput.exit_code, "is the input file")
+    (tmp_path / "w-link").hardlink_to(weights)
+    assert_error(run("convert", weights, tmp_path / "w-link", "--force"), BadInput.exit_code, "is the input file")
+    assert {p: p.read_bytes() for p in kept} == kept and as_png.read_bytes() == mstf[0].read_bytes()
+    assert weights_png.read_bytes() == weights.read_bytes()
+
+
+def test_stdin_file_is_never_the_output(tmp_path, shipped):
+    src = png_file(tmp_path / "in.png")
+    before = src.read_bytes()
+    with open(src, "rb") as stdin:                                   # minstf encode - -o in.png < in.png
+        r = _subprocess(["encode", "-", "-o", src, "--force"], shipped, stdin=stdin, capture_output=True, text=True)
+    assert r.returncode == BadInput.exit_code, r.stderr
+    assert r.stderr == f"minstf: error: {src} is the input file <stdin>: refusing to overwrite it (even with --force)\n"
+    assert src.read_bytes() == before
+
+
+def test_closed_stdout_is_one_line(mstf, shipped):
+    r = subprocess.run(["bash", "-c", 'exec "$@" >&-', "_", sys.executable, "-m", "minstf.cli", "decode", mstf[0],
+                        "-o", "-"], cwd=REPO, timeout=60, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "MINSTF_WEIGHTS_DIR": str(shipped)})
+    assert r.returncode == 1 and r.stderr == "minstf: error: <stdout>: standard output is closed (use -o FILE)\n"
+
+
+def _into_a_closed_pipe(args, shipped):
+    """Run with stdout a pipe whose reader has gone (what `| head -c 10` does once it has its bytes)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return _subprocess(args, shipped, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+
+
+def test_broken_pipe_ends_quietly(tmp_path, mstf, shipped):
+    src = png_file(tmp_path / "in.png")
+    for args in (["decode", mstf[0], "-o", "-"], ["demo", src], ["info", mstf[0]], ["encode", src, "-o", "-"]):
+        r = _into_a_closed_pipe(args, shipped)
+        assert r.returncode in (0, 141) and r.stderr == "", (args, r.returncode, r.stderr)
+
+
+def test_longest_file_names_work(tmp_path, mstf):
+    """Names up to NAME_MAX (255 bytes): the temporary file's name is short, not derived from it."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    src = png_file(tmp_path / "in.png")
+    out, png = tmp_path / ("m" * (limit - 5) + ".mstf"), tmp_path / ("p" * (limit - 4) + ".png")
+    assert run("encode", src, "-o", out).exit_code == 0 and run("decode", out, "-o", png).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.png", out.name, png.name])
+
+
+def test_errors_name_the_target_not_the_temporary_file(tmp_path, mstf, monkeypatch):
+    def refused(src, dst):
+        raise PermissionError(13, "Permission denied", src)      # as os.replace names its first argument
+    monkeypatch.setattr(fileio.os, "replace", refused)
+    out = tmp_path / "out.png"
+    r = run("decode", mstf[0], "-o", out, "--force")
+    assert_error(r, 1, f"minstf: error: {out}: Permission denied")
+    assert fileio.TEMP_PREFIX not in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_directories_and_unreadable_inputs(tmp_path, mstf, monkeypatch):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for args in (["decode", folder, "-o", tmp_path / "x.png"], ["info", folder], ["encode", folder, "-o", tmp_path / "x"],
+                 ["convert", folder, tmp_path / "w.safetensors"]):
+        assert_error(run(*args), 1, f"{folder}: Is a directory")
+
+    def refused(path, *args, **kw):  # chmod 0 means nothing to root: refuse in open() itself
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(fileio, "open", refused, raising=False)
+    assert_error(run("decode", mstf[0], "-o", tmp_path / "x.png"), 1, f"{mstf[0]}: Permission denied")
+    assert_error(run("info", mstf[0]), 1, f"{mstf[0]}: Permission denied")
+    assert list(tmp_path.iterdir()) == [folder]
+
+
+def test_huge_and_sparse_files_are_refused_unread(tmp_path, mstf, shipped):
+    """A valid header followed by 40 GB (sparse) or 1 GB through a pipe: refused from the header and
+    the file's size, or after one byte past the payload; the process stays small."""
+    sparse = tmp_path / "sparse.mstf"
+    sparse.write_bytes(mstf[0].read_bytes())
+    try:
+        os.truncate(sparse, 40 * 10**9)
+    except OSError:
+        pytest.skip("no sparse files here")
+    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stderr=subprocess.PIPE, text=True);"
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode, repr(r.stderr))")
+    size = len(mstf[0].read_bytes())
+    for command in ([sys.executable, "-m", "minstf.cli", "info", str(sparse)],
+                    [sys.executable, "-m", "minstf.cli", "decode", str(sparse), "-o", str(tmp_path / "x.png")],
+                    ["bash", "-c", f'(cat {mstf[0]}; head -c 1000000000 /dev/zero) | "{sys.executable}" -m minstf.cli '
+                                   f'decode - -o {tmp_path / "y.png"}']):
+        r = subprocess.run([sys.executable, "-c", measure, *command], cwd=REPO, timeout=60, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO), "MINSTF_WEIGHTS_DIR": str(shipped)})
+        kib, code, stderr = r.stdout.split(" ", 2)
+        assert int(code) == CorruptFile.exit_code, r.stdout
+        assert eval(stderr).startswith("minstf: error: ") and eval(stderr).count("\n") == 1
+        assert f"trailing garbage: expected {size} bytes" in stderr
+        assert int(kib) < 400_000, f"{command[-1]}: peak RSS {int(kib) // 1024} MB"
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_help_alias_and_kernels_option(tmp_path, mstf, monkeypatch):
+    assert run("-h").exit_code == 0 and "Usage: " in run("-h").stdout
+    assert "--kernels [fast|reference]" in run("decode", "-h").stdout
+    seen = []
+    real = cli_module.load_model
+    monkeypatch.setattr(cli_module, "load_model", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    assert run("decode", mstf[0], "-o", tmp_path / "x.png").exit_code == 0
+    r = run("decode", mstf[0], "-o", tmp_path / "y.png", "--kernels", "reference")
+    assert r.exit_code == 0, r.output
+    assert seen[0].get("kernels", "fast") == "fast" and seen[1]["kernels"] == "reference"
+    assert run("decode", mstf[0], "-o", tmp_path / "z.png", "--kernels", "slow").exit_code == 2
 
 
 # --- bad images --------------------------------------------------------------------------------
@@ -243,7 +387,7 @@ def test_bad_images(tmp_path, case, monkeypatch):
 
         def refused(path, *args, **kw):
             raise PermissionError(13, "Permission denied", str(path))
-        monkeypatch.setattr(cli, "open", refused, raising=False)
+        monkeypatch.setattr(fileio, "open", refused, raising=False)
     assert_error(run("encode", src, "-o", tmp_path / "out.mstf"), code, words)
     assert not (tmp_path / "out.mstf").exists()
 

@@ -45,14 +45,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..bitstream import symbols_crc
-from ..coding import SymbolEncoder
+from ..coding import SymbolEncoder, channel_first_flat, symbols_crc
 from ..entropy_models import (SCALE_BOUND, SCALE_TABLE, build_indexes, eb_likelihood, eb_tables, gc_likelihood,
                              gc_tables)
 from ..errors import BadInput, MinstfError
 from ..image import eval_padding, pad, to_float
 from ..model import STF, Compressed
-from ..slices import channel_first_flat, run_slices, slice_of
+from ..slices import run_slices, slice_of
 from ..transforms import g_s, h_mean_s, h_scale_s
 
 ATOL = 1e-4             # on unit-scale tensors; relative (x max|ref|) on larger ones
@@ -104,12 +103,12 @@ def synthetic_params(config, seed=0):
     return out
 
 
-def minstf_model(model_params, config, tables=None):
-    """A NumPy STF on these weights; CDF tables computed when not given."""
+def minstf_model(model_params, config, tables=None, kernels="fast"):
+    """A NumPy STF on these weights (kernels: "fast" or "reference"); CDF tables computed when not given."""
     if tables is None:
         eb = {k.split(".", 1)[1]: v for k, v in model_params.items() if k.startswith("entropy_bottleneck.")}
         tables = {**eb_tables(eb), **gc_tables()}
-    return STF(config, model_params, tables, backend="numpy", fingerprint="00" * 32)
+    return STF(config, model_params, tables, backend="numpy", fingerprint="00" * 32, kernels=kernels)
 
 
 # --- results --------------------------------------------------------------------------------
@@ -295,7 +294,7 @@ def check_size(config, H, W):
 
 
 def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_teacher=False, code=True,
-               atol=ATOL, lik_atol=LIK_ATOL, tie_margin=TIE_MARGIN, mirror=None):
+               atol=ATOL, lik_atol=LIK_ATOL, tie_margin=TIE_MARGIN, mirror=None, kernels="fast"):
     """Run minstf and the torch mirror on the same weights and image; compare everything.
 
     model_params: {key: float32 array} (PyTorch names and layouts); config: STFConfig;
@@ -303,7 +302,7 @@ def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_tea
     tables: the CDF tables (computed from the weights when None); pixels: the bpp denominator
     (default H*W; the eval convention counts the unpadded image); force_teacher: run the
     teacher-forced pass even when every decision agrees; code: also compress (coded bpp);
-    mirror: an already loaded STFTorch (eval mode) to reuse.
+    mirror: an already loaded STFTorch (eval mode) to reuse; kernels: minstf's layer (minstf.switch).
     Returns a CrossCheck (`.ok`, rows, decisions, bpp); `format_report` prints it.
     """
     torch = require_torch()
@@ -317,7 +316,7 @@ def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_tea
     names = stage_names(config)
 
     # minstf, free-running
-    model = minstf_model(model_params, config, tables)
+    model = minstf_model(model_params, config, tables, **({} if kernels == "fast" else {"kernels": kernels}))
     taps = {}
     out = model.forward(x, taps)
     ours = {k: v for k, v in taps.items() if not k.endswith("_mask")}
@@ -485,3 +484,31 @@ def format_report(result):
                      f" (minstf's coder)")
     lines += ["", "verdict: " + ("OK" if result.ok else "NOT OK")]
     return "\n".join(lines + hints(result))
+
+
+# --- the `minstf crosscheck` command -------------------------------------------------------
+
+def run_crosscheck(image, name, weights=None, synthetic=None, seed=0, pad_to_eval=False, kernels="fast", out=None):
+    """What `minstf crosscheck` does: compare minstf with the mirror on a uint8 (H, W, 3) image
+    called `name`, with the weight file `weights` or the synthetic recipe weights `synthetic`
+    ("full" or "small", perturbed by `seed`), minstf on `kernels`; print the report on `out`.
+    Returns result.ok."""
+    require_torch()
+    if synthetic:
+        from ..mirror.configs import CONFIGS
+        config, tables, what = CONFIGS[synthetic], None, f"synthetic {synthetic}, seed {seed}"
+        params = synthetic_params(config, seed)
+    else:
+        from ..weights import load_weights
+        w = load_weights(weights)
+        config, params, tables, what = w.config, w.params, w.tables, f"{weights} ({w.fingerprint[:12]}…)"
+    try:
+        result, ltrb = crosscheck_image(image, params, config, tables, pad_to_eval, kernels=kernels)
+    except MinstfError as err:
+        raise type(err)(f"{name}: {err}") from None
+    h, w_ = image.shape[:2]
+    print(f"image    {name}, {w_}x{h}" + (f", padded to {result.shape[3]}x{result.shape[2]} "
+          f"(left, top, right, bottom: {', '.join(map(str, ltrb))})" if any(ltrb) else ""), file=out)
+    print(f"weights  {what}", file=out)
+    print(format_report(result), file=out)
+    return result.ok

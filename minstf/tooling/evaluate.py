@@ -302,3 +302,122 @@ def plot_rd(results, path, title=None):
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, format="png")
+
+
+# --- the `minstf eval` command ------------------------------------------------------------
+
+def int_list(text):
+    """'1,2,3' -> [1, 2, 3]; 'none' -> []; None -> None. ValueError for anything else."""
+    if text is None or text.strip().lower() == "none":
+        return None if text is None else []
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers or 'none', got {text!r}") from None
+
+
+def run_demo(model, image, src, weights, backend, portable=True, keep=None, force=False, inputs=()):
+    """What `minstf demo` does: encode and decode a uint8 (H, W, 3) image read from `src` (a file
+    name or `-`) through real files `<stem>.mstf` and `<stem>.png` (in `keep`, else in a temporary
+    folder, deleted); returns the report: size, weights, rate, PSNR and MS-SSIM, times, files."""
+    import tempfile
+
+    from .. import fileio
+
+    name, stem = fileio.display_name(src, "stdin"), "stdin" if src == "-" else Path(src).stem
+
+    with tempfile.TemporaryDirectory(prefix="minstf-demo-") as tmp:
+        folder = Path(keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        mstf, png = str(folder / f"{stem}.mstf"), str(folder / f"{stem}.png")
+        for out in (mstf, png):
+            fileio.check_output(out, force, inputs)
+        t0 = time.perf_counter()
+        data, stats = encode_image(model, image, portable=portable)
+        t1 = time.perf_counter()
+        fileio.write_output(mstf, data, force, inputs)
+        with fileio.naming(mstf):
+            decoded, _ = decode_image(model, fileio.read_mstf(mstf)[0])
+        t2 = time.perf_counter()
+        fileio.write_output(png, fileio.png_bytes(decoded), force, inputs)
+    return (f"image    {name}, {stats.width}x{stats.height}\n"
+            f"weights  {weights} ({model.fingerprint[:12]}…), backend {backend}, "
+            f"{'portable' if portable else 'fast'} mode\n"
+            f"rate     {stats.file_bytes:,} bytes: {stats.bpp:.4f} bpp (file), {stats.payload_bpp:.4f} bpp (payload)\n"
+            f"quality  PSNR {psnr_uint8(image, decoded):.2f} dB (8-bit RGB), "
+            f"MS-SSIM {ms_ssim(to_float(image), to_float(decoded)):.4f}\n"
+            f"time     encode {t1 - t0:.2f} s, decode {t2 - t1:.2f} s\n"
+            f"files    {'kept in ' + str(folder) if keep else 'none kept (use --keep DIR)'}")
+
+
+def plan(weights=(), qualities=None, baselines="jpeg,webp,avif"):
+    """(runs [(label, weight file)], codecs) from `minstf eval`'s options: the weight files given,
+    else the shipped ones of `qualities` (default all); `baselines`: Pillow codecs or "none"."""
+    from ..zoo import QUALITIES, default_weights
+
+    runs = [(Path(w).stem, Path(w)) for w in weights] or \
+        [(q, default_weights(q)) for q in (QUALITIES if qualities is None else qualities)]
+    codecs = [] if baselines.strip().lower() == "none" else [c.strip().lower() for c in baselines.split(",")]
+    return runs, codecs
+
+
+def run_eval(folder, out_dir, runs, codecs, points, limit=None, backend="numpy", plot=True, force=False,
+             load=None, say=None, progress=None, out=None):
+    """What `minstf eval` does: evaluate every weight file of `runs` [(label, path)] and every Pillow
+    codec of `codecs` at its `points[codec]` qualities on the images of `folder`; print the table
+    and BD-rates on `out`; write <codec>.json and rd.png to `out_dir` (fileio: never over an input,
+    an existing file only with `force`). load(path) -> model; say(text): notes on stderr or None;
+    progress(n): called after each coded image."""
+    import json
+
+    from .. import fileio
+    from ..zoo import load_model
+
+    load = load or (lambda path: load_model(path, backend=backend))
+    tick = progress or (lambda _: None)
+    for codec in codecs:
+        for q in points.get(codec, [None]):
+            check_quality(codec, q)
+    codecs = sorted((c for c in codecs if points[c]), key=BASELINE_ORDER.index)
+    if not runs and not codecs:
+        raise BadInput("nothing to evaluate")
+    paths = image_paths(folder, limit)
+    target, names = Path(out_dir), (["minstf.json"] if runs else []) + [f"{c}.json" for c in codecs]
+    names += [] if not plot else ["rd.png"]
+    target.mkdir(parents=True, exist_ok=True)
+    inputs = [str(p) for p in paths] + [str(path) for _, path in runs]
+    for name in names:
+        fileio.check_output(str(target / name), force, inputs)
+    if plot:
+        check_plotting()
+    results = []
+    if runs:
+        done, used = [], []
+        for label, path in runs:
+            model = load(path)
+            done.append((label, evaluate_minstf(model, paths, tick)))
+            used.append(f"{label}: {Path(path).name} ({model.fingerprint[:12]})")
+        results.append(summarize("minstf", f"{MINSTF_DESCRIPTION} Weights {'; '.join(used)}. "
+                                           f"Backend {backend}.", done))
+        drift = sum(not row["forward-matches-decoded"] for _, rows in done for row in rows)
+        if drift and say:
+            say(f"note: {drift} decoded images differ from forward()'s: their psnr-float is forward()'s")
+    for codec in codecs:
+        done = [(q, evaluate_pillow(codec, q, paths, tick)) for q in points[codec]]
+        results.append(summarize(PILLOW_NAMES[codec], pillow_description(codec), done))
+    print(f"{folder}: {len(paths)} images\n{format_table(results)}\n\n{bd_report(results)}", file=out)
+    for res, name in zip(results, names):
+        fileio.write_output(str(target / name), (json.dumps(res, indent=2) + "\n").encode(), force, inputs)
+    if plot:
+        buf = io.BytesIO()
+        plot_rd(results, buf, title=f"{Path(folder).resolve().name}: {len(paths)} images")
+        fileio.write_output(str(target / "rd.png"), buf.getvalue(), force, inputs)
+    if say:
+        say(f"wrote {', '.join(names)} to {target}")
+    return results
+
+
+def total_steps(folder, limit, runs, codecs, points):
+    """The number of progress ticks run_eval makes (images x rate points)."""
+    n = len(image_paths(folder, limit))
+    return n * (len(runs) + sum(len(points.get(c) or []) for c in codecs if c in PILLOW_CODECS))
