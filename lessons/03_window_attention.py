@@ -27,41 +27,32 @@
 # entries instead of $L^2$. The price, that windows never talk to each other, is paid back by
 # shifting the windows in every other block (lesson 4).
 #
-# Dimension letters (README): `B` batch, `H, W` map size, `C` channels, `ws` window size,
+# The lesson builds each piece naively, checks it against the reference layer
+# (`minstf/reference/swin.py`, STF written to be read), then shows the fast twin
+# (`minstf/kernels/swin.py`) and how it is proven equal (`tests/test_kernels.py`).
+# Spec: docs/architecture.md §2.2–2.4.
+#
+# Dimension letters (docs/architecture.md §0): `B` batch, `H, W` map size, `C` channels, `ws` window size,
 # `N = ws*ws` tokens per window, `nW` windows per image, `B_ = B*nW`, `nH` heads,
 # `hd = C/nH` head dimension.
 
 # %%
+import inspect
 import math
-import os
-import sys
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
-    matplotlib.use("Agg")
+import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minstf
-from minstf.image import read_image, to_float
-from minstf.ops import layer_norm
-from minstf.swin import relative_position_index, window_attention, window_partition, window_reverse
+from minstf.image import to_float
+from minstf.kernels import swin as fast_swin
+from minstf.switch import get_kernels
 from minstf.transforms import g_a
 
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"  # CI: a crop of the photo, fewer windows
-FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")  # a folder: also save every figure there as PNG
-
-
-def show(fig, name):
-    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
-    if "ipykernel" in sys.modules:
-        plt.show()
-        return
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, f"03_{name}.png"), dpi=80)
-    plt.close(fig)
+ref = get_kernels("reference")  # minstf/reference/swin.py: windows, bias, mask, attention, the block
+fast = get_kernels("fast")  # minstf/kernels/swin.py: attention and the block by groups of windows
+FAST = L.FAST  # CI: a crop of the photo, fewer windows
 
 
 # %% [markdown]
@@ -87,25 +78,32 @@ def window_partition_naive(x, ws):
 rng = np.random.default_rng(0)
 ws = 4
 x = rng.standard_normal((2, 8, 12, 5)).astype(np.float32)  # (B, Hp, Wp, C)
-windows = window_partition(x, ws)  # (2, 8, 12, 5) -> (2*6, 16, 5)
+windows = ref.window_partition(x, ws)  # (2, 8, 12, 5) -> (2*6, 16, 5)
 print("window_partition:", x.shape, "->", windows.shape)
+# a pure permutation of the values: exact comparisons
 np.testing.assert_array_equal(windows, window_partition_naive(x, ws))
-np.testing.assert_array_equal(window_reverse(windows, ws, 8, 12), x)  # the exact inverse
-print("naive == minstf.swin.window_partition; window_reverse undoes it")
+np.testing.assert_array_equal(ref.window_reverse(windows, ws, 8, 12), x)  # the exact inverse
+assert fast.window_partition is ref.window_partition  # the fast layer uses the reference function itself
+print("naive == window_partition (minstf/reference/swin.py); window_reverse undoes it")
 
 # %% [markdown]
-# minstf does it without a loop: split each spatial axis into (window, position inside the
-# window), move the two window axes in front, flatten:
-#
-# ```
-# (B, Hp, Wp, C) -> (B, Hp/ws, ws, Wp/ws, ws, C) -> (B, Hp/ws, Wp/ws, ws, ws, C) -> (B*nW, N, C)
-# ```
+# The reference does it without a loop: split each spatial axis into (window, position inside
+# the window), move the two window axes in front, flatten. Its real lines:
+
+# %%
+L.source(ref.window_partition, start="B, Hp, Wp, C = x.shape")
+
+# %% [markdown]
+# The fast layer never calls it on the hot path: its Swin block gathers each window's tokens
+# straight from the token array through an index (lesson 4, section 6). Windows, the position
+# index and bias and the shift mask are not hot, so `minstf.kernels` imports them from the
+# reference (`minstf/kernels/__init__.py`).
 #
 # An 8×12 map has $2 \times 3 = 6$ windows; colour = window, number = token index $n$ inside it:
 
 # %%
 grid = np.arange(8 * 12).reshape(1, 8, 12, 1)  # pixel number as the only channel
-win = window_partition(grid, ws)[..., 0]  # (6, 16): pixel number of token n of window w
+win = ref.window_partition(grid, ws)[..., 0]  # (6, 16): pixel number of token n of window w
 window_of = np.empty(8 * 12, int)
 token_of = np.empty(8 * 12, int)
 for w_, pixels in enumerate(win):
@@ -119,7 +117,7 @@ for w_ in range(6):
     r0, c0 = divmod(w_, 3)
     ax.text(c0 * ws + 1.5, r0 * ws + 1.5, f"window {w_}", ha="center", va="center", fontsize=13, alpha=0.35)
 ax.set_title("window_partition of an 8x12 map: window index (colour), token n (number)")
-show(fig, "window_partition")
+L.show(fig, "window_partition")
 
 # %% [markdown]
 # ## 2. The relative position bias
@@ -142,9 +140,10 @@ def relative_position_index_naive(ws):
     return index
 
 
-index = relative_position_index(ws)  # (N, N) int64, a buffer in upstream checkpoints
-np.testing.assert_array_equal(index, relative_position_index_naive(ws))
-print("relative_position_index:", index.shape, "values", index.min(), "..", index.max())
+index = ref.relative_position_index(ws)  # (N, N) int64, a buffer in upstream checkpoints
+np.testing.assert_array_equal(index, relative_position_index_naive(ws))  # integers: exact
+print("relative_position_index:", index.shape, "values", index.min(), "..", index.max(),
+      "== naive (minstf/reference/swin.py)")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained", width_ratios=(16, 7))
@@ -161,7 +160,7 @@ for (a, b), v in np.ndenumerate(offsets):
 axes[1].set_xlabel("c_n - c_m")
 axes[1].set_ylabel("r_n - r_m")
 axes[1].set_title("table row = offset (7 x 7)")
-show(fig, "relative_position_index")
+L.show(fig, "relative_position_index")
 
 # %% [markdown]
 # ## 3. Real tokens: the input of the last analysis stage
@@ -174,18 +173,16 @@ show(fig, "relative_position_index")
 # %%
 model = minstf.load_model()
 p, cfg = model.params, model.config
-image = read_image(os.path.join(os.path.dirname(minstf.__file__), "data", "sample.png"))  # (256, 384, 3)
-if FAST:
-    image = image[64:192, 96:288]  # the parrots' heads, (128, 192, 3)
+image = L.sample_image((slice(64, 192), slice(96, 288)) if FAST else None)  # (256, 384, 3); fast: the heads
 taps = {}
 g_a(to_float(image).transpose(0, 2, 3, 1), p, cfg, taps)  # (1, 3, H, W) -> (1, H, W, 3), fills taps
 tokens = taps["enc2_out"]  # (1, H/16 * W/16, C): input of stage 3
 Hs, Ws = image.shape[0] // 16, image.shape[1] // 16
 prefix, nH = "layers.3.blocks.0", cfg.num_heads[3]
 C = tokens.shape[-1]
-h = layer_norm(tokens, p[f"{prefix}.norm1.weight"], p[f"{prefix}.norm1.bias"])  # (1, L, C)
+h = ref.layer_norm(tokens, p[f"{prefix}.norm1.weight"], p[f"{prefix}.norm1.bias"])  # (1, L, C)
 h = h.reshape(1, Hs, Ws, C)  # (1, L, C) -> (1, Hs, Ws, C)
-windows = window_partition(h, ws)  # -> (nW, N, C)
+windows = ref.window_partition(h, ws)  # -> (nW, N, C)
 print(f"stage 3 map {Hs}x{Ws}, C = {C}, {nH} heads of hd = {C // nH}: windows {windows.shape}")
 
 # %% [markdown]
@@ -222,14 +219,14 @@ def window_attention_naive(windows, params, prefix, nH):
     return heads_out @ f64("attn.proj.weight").T + f64("attn.proj.bias")  # (B_, N, C)
 
 
-ref = window_attention_naive(windows, p, prefix, nH)  # (nW, N, C)
-print("naive window attention:", windows.shape, "->", ref.shape)
+ref_naive = window_attention_naive(windows, p, prefix, nH)  # (nW, N, C), float64
+print("naive window attention:", windows.shape, "->", ref_naive.shape)
 
 # %% [markdown]
 # ## 5. All windows and heads at once
 #
 # Nothing in the loops above depends on another iteration, so windows and heads become batch
-# axes of one matrix product. These are the lines of `minstf.swin.window_attention`:
+# axes of one matrix product:
 
 # %%
 def window_attention_batched(x, params, prefix, nH):
@@ -241,7 +238,7 @@ def window_attention_batched(x, params, prefix, nH):
     q, k, v = qkv[0], qkv[1], qkv[2]  # each (B_, nH, N, hd)
     attn = (q * np.float32(hd ** -0.5)) @ k.swapaxes(-1, -2)  # (B_, nH, N, hd) @ (B_, nH, hd, N) -> (B_, nH, N, N)
     table = params[f"{prefix}.attn.relative_position_bias_table"]  # ((2ws-1)^2, nH)
-    bias = table[relative_position_index(math.isqrt(N)).reshape(-1)]  # (N*N, nH)
+    bias = table[relative_position_index_naive(math.isqrt(N)).reshape(-1)]  # (N*N, nH)
     bias = bias.reshape(N, N, nH).transpose(2, 0, 1)  # -> (nH, N, N), broadcast over B_
     attn = attn + bias
     attn = np.exp(attn - attn.max(axis=-1, keepdims=True))
@@ -251,17 +248,56 @@ def window_attention_batched(x, params, prefix, nH):
     return out @ params[f"{prefix}.attn.proj.weight"].T + params[f"{prefix}.attn.proj.bias"]
 
 
+# float32 (two matrix products of length C and N, a softmax) against the float64 loops, on
+# unit-scale tokens: errors ~1e-6; 1e-4 still catches a wrong head split or bias index (O(0.1))
 batched = window_attention_batched(windows, p, prefix, nH)
-np.testing.assert_allclose(batched, ref, rtol=1e-4, atol=1e-4)
-lib = window_attention(windows, p, f"{prefix}.attn", nH)  # minstf.swin.window_attention
-np.testing.assert_allclose(lib, ref, rtol=1e-4, atol=1e-4)
-np.testing.assert_allclose(lib, batched, rtol=1e-5, atol=1e-5)
-print(f"naive (float64) == batched == minstf.swin.window_attention; max |lib - naive| = "
-      f"{np.abs(lib - ref).max():.2e}")
+np.testing.assert_allclose(batched, ref_naive, rtol=1e-4, atol=1e-4)
+print(f"batched == naive (float64): max difference {L.max_diff(batched, ref_naive):.1e}")
 
 # %% [markdown]
-# (The library multiplies $q$ by $hd^{-1/2}$ before the product, as upstream does, rather than
-# dividing the logits: the same number up to float32 rounding.)
+# ### The reference: `window_attention` in `minstf/reference/swin.py`
+#
+# The library's reference function is the same computation; it takes the key prefix of the
+# attention module (`layers.3.blocks.0.attn`), gets the bias from `relative_position_bias`
+# (docs/architecture.md §2.3) and adds the shift mask of lesson 4 when it is given. Its real lines:
+
+# %%
+L.source(ref.window_attention, start="p = lambda")
+
+# %%
+lib = ref.window_attention(windows, p, f"{prefix}.attn", nH)
+np.testing.assert_allclose(lib, ref_naive, rtol=1e-4, atol=1e-4)  # float32 vs float64: as above
+# our batched version and the reference are both float32 and in the same order of operations up
+# to the softmax's details: they agree to float32 rounding, ~1e-7 relative
+np.testing.assert_allclose(lib, batched, rtol=1e-5, atol=1e-5)
+print(f"naive (float64) == batched == reference window_attention; max |reference - naive| = "
+      f"{L.max_diff(lib, ref_naive):.2e}")
+
+# %% [markdown]
+# ### The fast twin: `window_attention` in `minstf/kernels/swin.py`
+#
+# Same arguments, same result, another schedule: windows run in groups whose `qkv` holds ~8 MB
+# (`minstf.kernels.threads.BLOCK["window group"]`), the groups on all cores; the qkv bias is
+# added inside the attention kernel; the scores are scaled after $q k^\top$ instead of scaling
+# $q$; and they are stored *keys first*, so that the softmax over the keys runs along long rows.
+# The kernel's docstring:
+
+# %%
+print(inspect.cleandoc(fast_swin._attend.__doc__))
+
+# %%
+# tests/test_kernels.py::test_window_attention proves fast == reference (with and without the
+# mask, with the real and a shrunk block table) within F32 = 2e-5 x max(1, max |reference|);
+# the same bound here, on real tokens and weights
+tol = 2e-5 * max(1.0, float(np.abs(lib).max()))
+np.testing.assert_allclose(fast.window_attention(windows, p, f"{prefix}.attn", nH), lib, rtol=0, atol=tol)
+print(f"fast == reference window_attention: max difference "
+      f"{L.max_diff(fast.window_attention(windows, p, f'{prefix}.attn', nH), lib):.1e} (bound {tol:.1e})")
+
+# %% [markdown]
+# (The reference multiplies $q$ by $hd^{-1/2}$ before the product, as upstream does; the
+# naive loops divide the logits and the fast layer scales the scores: the same number up to
+# float32 rounding, docs/architecture.md §8.8.)
 #
 # ## 6. What the heads look at
 #
@@ -293,7 +329,7 @@ for h in range(shown):
     axes[1, h].set_xlabel("key m")
     axes[1, h].set_ylabel("query n")
 fig.colorbar(im, ax=axes[1, shown - 1], fraction=0.046, label="weight (rows sum to 1)")
-show(fig, "heads")
+L.show(fig, "heads")
 
 # %% [markdown]
 # ## 7. What windows save
@@ -311,18 +347,27 @@ for i in range(4):
 # ## Summary
 #
 # * `window_partition` reshapes `(B, Hp, Wp, C)` to `(B*nW, N, C)` (windows in raster order,
-#   tokens $n = i w_s + j$); `window_reverse` is its inverse.
+#   tokens $n = i w_s + j$); `window_reverse` is its inverse. Both live in
+#   `minstf/reference/swin.py`, and the fast layer uses them as they are.
 # * Attention inside a window: $\mathrm{SoftMax}(QK^\top/\sqrt{hd} + B)V$ per head, with
 #   $B[n, m] = \text{table}[\mathrm{index}[n, m], h]$ depending only on the offset between tokens.
 # * Loops over windows and heads become batch axes: one `qkv` Linear, a reshape
-#   `(B_, N, 3, nH, hd)` and a transpose, two batched matrix products, one `proj` Linear.
+#   `(B_, N, 3, nH, hd)` and a transpose, two batched matrix products, one `proj` Linear: the
+#   reference `window_attention`. The fast one (`minstf/kernels/swin.py`) runs it by groups of
+#   windows with keys-first scores, equal within 2e-5 of the largest magnitude
+#   (`tests/test_kernels.py::test_window_attention`).
 #
 # ## Exercises
 #
 # 1. What would `window_attention` compute if the `qkv` output were reshaped as
 #    `(B_, N, nH, 3, hd)` instead? Try it and compare with the naive version.
+#    *Hint:* copy `window_attention_batched`, change the reshape and the transpose to
+#    `(3, 0, 2, 1, 4)`; the heads then mix q, k and v channels, and the difference is O(1).
 # 2. Permute the 16 tokens of every window at random before attention (and undo the
 #    permutation after). Which part of the output changes, and which part of the model is
 #    responsible?
+#    *Hint:* `perm = rng.permutation(16)`; `ref.window_attention(windows[:, perm], ...)[:, np.argsort(perm)]`;
+#    without the bias table (set it to zeros) attention is permutation-equivariant.
 # 3. For `window_size = 8`, how large is the bias table and what is the largest index? Check
-#    with `relative_position_index(8)`.
+#    with `ref.relative_position_index(8)`.
+#    *Hint:* $(2 \cdot 8 - 1)^2 = 225$ rows, so indexes 0..224.
