@@ -7,8 +7,8 @@ default configuration it reproduces `spec/keys-stf.tsv` row for row.
 
 `config_from_shapes` runs the other way: the one configuration whose keys and
 shapes a set of tensors has (a minstf weight file's metadata must name exactly it).
-`relative_position_index` is the formula of the one constant buffer that checkpoints
-carry and minstf derives.
+`relative_position_index` (from minstf/reference/swin.py) is the formula of the one constant
+buffer that checkpoints carry and minstf derives.
 
 Layouts are PyTorch's: Linear (out, in), Conv2d (out, in, kH, kW).
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import MAX_STAGES, STFConfig
+from .reference.swin import relative_position_index  # noqa: F401 (the formula lives with the attention)
 
 # Entropy-model buffers whose shape is only known after the CDF tables are built
 # (empty in a freshly constructed upstream model and in train.py checkpoints).
@@ -160,17 +161,6 @@ def state_dict_spec(config: STFConfig = STFConfig()):
 def param_spec(config: STFConfig = STFConfig()):
     """Only the learned parameters: what a minstf weight file must hold."""
     return [k for k in state_dict_spec(config) if k.kind == "param"]
-
-
-def relative_position_index(ws):
-    """(N, N) int64, N = ws*ws: the row of the bias table for query n and key m.
-
-    Token n sits at (r, c) = divmod(n, ws) in its window; the pair's offset
-    (dr, dc) in -(ws-1)..ws-1 is numbered row-major over the (2ws-1)^2 offsets."""
-    r, c = np.divmod(np.arange(ws * ws), ws)
-    dr = r[:, None] - r[None, :] + (ws - 1)  # (N, N), 0..2ws-2
-    dc = c[:, None] - c[None, :] + (ws - 1)
-    return (dr * (2 * ws - 1) + dc).astype(np.int64)
 
 
 def config_from_shapes(shapes):

@@ -25,7 +25,7 @@ from minstf.cli import main  # noqa: E402
 from minstf.config import STFConfig  # noqa: E402
 from minstf.errors import BadInput  # noqa: E402
 from minstf.image import eval_padding, pad, to_float  # noqa: E402
-from minstf.mirror.configs import SMALL_CONFIG  # noqa: E402
+from minstf.config import SMALL_CONFIG  # noqa: E402
 from minstf.mirror.stf_torch import STFTorch  # noqa: E402
 from minstf.synthetic import recipe_weights  # noqa: E402
 
@@ -114,7 +114,7 @@ def test_mirror_decisions_coded_by_minstf_decode_like_minstf(small_params, monke
 
     seen = []
     real_g_s = minstf.model.g_s
-    monkeypatch.setattr(minstf.model, "g_s", lambda y_hat, *a: seen.append(y_hat) or real_g_s(y_hat, *a))
+    monkeypatch.setattr(minstf.model, "g_s", lambda y_hat, *a, **kw: seen.append(y_hat) or real_g_s(y_hat, *a, **kw))
     x_from_torch = model.decompress(from_torch)
     x_own = model.decompress(own)
     assert np.array_equal(x_from_torch, x_own)

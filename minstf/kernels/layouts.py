@@ -26,7 +26,7 @@ def derived(weight, tag, make):
         return hit[1]
     value = make(weight)
     try:
-        ref = weakref.ref(weight, lambda _, key=key: _layouts.pop(key, None))
+        ref = weakref.ref(weight, lambda _, key=key, cache=_layouts: cache.pop(key, None))  # safe at exit too
     except TypeError:  # an array type without weak references: no caching
         return value
     _layouts[key] = (ref, value)
