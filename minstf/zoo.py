@@ -44,16 +44,17 @@ def default_weights(quality=DEFAULT_QUALITY):
     return path
 
 
-def load_model(path=None, backend="numpy", quality=None, verify=True):
+def load_model(path=None, backend="numpy", quality=None, verify=True, kernels="fast"):
     """Load an STF model from a minstf weight file (default: the shipped weights).
 
     backend: "numpy" or "cupy"; the weights move to that device once, here.
+    kernels: "fast" or "reference", the layer every network runs on (minstf.switch).
     """
     if path is None:
         path = default_weights(DEFAULT_QUALITY if quality is None else quality)
     w = load_weights(path, verify=verify)
     return STF(w.config, w.params, w.tables, backend=backend, fingerprint=w.fingerprint,
-               name=w.metadata.get("name", Path(path).stem))
+               name=w.metadata.get("name", Path(path).stem), kernels=kernels)
 
 
 # --- finding the weights a .mstf file was made with ----------------------------------------

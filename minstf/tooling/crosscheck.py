@@ -495,7 +495,7 @@ def run_crosscheck(image, name, weights=None, synthetic=None, seed=0, pad_to_eva
     Returns result.ok."""
     require_torch()
     if synthetic:
-        from ..mirror.configs import CONFIGS
+        from ..config import CONFIGS
         config, tables, what = CONFIGS[synthetic], None, f"synthetic {synthetic}, seed {seed}"
         params = synthetic_params(config, seed)
     else:
