@@ -26,39 +26,26 @@
 # regions, so they ignore each other. After attention, roll back by $(+s, +s)$.
 #
 # This lesson builds the region labels and the mask for an 8×12 map (the last stage of STF for
-# a 128×192 image), checks them against `minstf.swin.shift_attention_mask`, asks why $-100$
-# and not $-\infty$, and proves the trick right: roll + mask gives the same numbers as
-# attending inside the irregular shifted windows directly. Dimension letters as in lesson 3.
+# a 128×192 image), checks them against `shift_attention_mask` (`minstf/reference/swin.py`),
+# asks why $-100$ and not $-\infty$, and proves the trick right: roll + mask gives the same
+# numbers as attending inside the irregular shifted windows directly. Then the whole block, in
+# the reference layer (`swin_block` in `minstf/reference/swin.py`) and in the fast layer
+# (`minstf/kernels/swin.py`), which does the pad, the roll and the partition in one gather.
+# Spec: docs/architecture.md §2.5–2.6, §8.5–8.7. Dimension letters as in lesson 3.
 
 # %%
 import math
-import os
-import sys
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
-    matplotlib.use("Agg")
+import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minstf
-from minstf.ops import gelu, layer_norm, linear, softmax
-from minstf.swin import shift_attention_mask, swin_block, window_attention, window_partition, window_reverse
+from minstf.kernels.swin import window_token_index
+from minstf.switch import get_kernels
 
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"  # CI: smaller sizes (the maps here are small anyway)
-FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")  # a folder: also save every figure there as PNG
-
-
-def show(fig, name):
-    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
-    if "ipykernel" in sys.modules:
-        plt.show()
-        return
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, f"04_{name}.png"), dpi=80)
-    plt.close(fig)
+ref = get_kernels("reference")  # minstf/reference/: the block as pad -> roll -> partition -> attend -> back
+fast = get_kernels("fast")  # minstf/kernels/: the block by groups of windows gathered through an index
 
 
 def grid_lines(ax, Hp, Wp, ws, offset=0, **kw):
@@ -106,7 +93,7 @@ for ax, tok, reg, title, off in ((axes[0], tokens, region, "original: shifted wi
         ax.text(c, r, v, ha="center", va="center", fontsize=8)
     grid_lines(ax, Hp, Wp, ws, offset=off)
     ax.set_title(title)
-show(fig, "shift_and_roll")
+L.show(fig, "shift_and_roll")
 
 # %% [markdown]
 # ## 2. Region labels and the mask
@@ -128,7 +115,7 @@ def shift_mask_naive(H, W, ws, s):
         for cols in (slice(0, Wp - ws), slice(Wp - ws, Wp - s), slice(Wp - s, Wp)):
             label[rows, cols] = count
             count += 1
-    label_windows = window_partition(label[None, :, :, None], ws)[..., 0]  # (1, Hp, Wp, 1) -> (nW, N)
+    label_windows = ref.window_partition(label[None, :, :, None], ws)[..., 0]  # (1, Hp, Wp, 1) -> (nW, N)
     nW, N = label_windows.shape
     mask = np.zeros((nW, N, N), dtype=np.float32)
     for w in range(nW):
@@ -140,19 +127,21 @@ def shift_mask_naive(H, W, ws, s):
 
 
 label, mask_naive = shift_mask_naive(Hp, Wp, ws, s)
-mask = shift_attention_mask(Hp, Wp, ws, s)  # (nW, N, N) float32
+mask = ref.shift_attention_mask(Hp, Wp, ws, s)  # (nW, N, N) float32
 print("shift_attention_mask:", mask.shape, mask.dtype, "values", np.unique(mask))
+# no arithmetic, only comparisons of integer labels and the constants 0 and -100: exact
 np.testing.assert_array_equal(mask, mask_naive)
-np.testing.assert_array_equal(shift_attention_mask(6, 10, ws, s), mask)  # padded to 8x12 first
-print("naive == minstf.swin.shift_attention_mask (also for a 6x10 map, padded to 8x12)")
+np.testing.assert_array_equal(ref.shift_attention_mask(6, 10, ws, s), mask)  # padded to 8x12 first
+assert fast.shift_attention_mask is ref.shift_attention_mask  # one function for both layers
+print("naive == shift_attention_mask, minstf/reference/swin.py (also for a 6x10 map, padded to 8x12)")
 
 # %% [markdown]
 # The labels mark exactly the pieces of the shifted windows: same label in a window ⇔ same
 # shifted window (colour in the picture above).
 
 # %%
-for w, (lab, reg) in enumerate(zip(window_partition(label[None, :, :, None], ws)[..., 0],
-                                   window_partition(rolled_region[None, :, :, None], ws)[..., 0])):
+for w, (lab, reg) in enumerate(zip(ref.window_partition(label[None, :, :, None], ws)[..., 0],
+                                   ref.window_partition(rolled_region[None, :, :, None], ws)[..., 0])):
     same_label = lab[:, None] == lab[None, :]  # (N, N)
     same_region = reg[:, None] == reg[None, :]
     assert np.array_equal(same_label, same_region), w
@@ -163,7 +152,7 @@ for (r, c), v in np.ndenumerate(label):
     ax.text(c, r, v, ha="center", va="center")
 grid_lines(ax, Hp, Wp, ws)
 ax.set_title("region labels of the rolled 8x12 map (3 bands x 3 bands)")
-show(fig, "labels")
+L.show(fig, "labels")
 
 # %%
 nW = mask.shape[0]
@@ -174,7 +163,7 @@ for w, ax in enumerate(axes):
     ax.set_xticks([0, 15])
     ax.set_yticks([0, 15])
 fig.suptitle("mask[w, n, m] (white 0 = may attend, black -100 = masked); query n down, key m across")
-show(fig, "masks")
+L.show(fig, "masks")
 
 # %% [markdown]
 # Windows 0 and 1 lie inside region 0: no mask. Window 2 (top right) mixes two regions
@@ -190,9 +179,9 @@ show(fig, "masks")
 logits = np.array([[1.5, -0.3, 2.0, 0.7]], dtype=np.float32)  # one query, four keys
 m100 = np.array([[0, 0, -100, -100]], dtype=np.float32)
 minf = np.array([[0, 0, -np.inf, -np.inf]], dtype=np.float32)
-print("softmax with -100:", softmax(logits + m100))
-print("softmax with -inf:", softmax(logits + minf))
-np.testing.assert_allclose(softmax(logits + m100), softmax(logits + minf), atol=1e-30)
+print("softmax with -100:", ref.softmax(logits + m100))
+print("softmax with -inf:", ref.softmax(logits + minf))
+np.testing.assert_allclose(ref.softmax(logits + m100), ref.softmax(logits + minf), atol=1e-30)
 
 # %% [markdown]
 # The difference is in what can go wrong. A row whose keys are *all* masked is `nan` with
@@ -204,8 +193,8 @@ np.testing.assert_allclose(softmax(logits + m100), softmax(logits + minf), atol=
 
 # %%
 with np.errstate(invalid="ignore"):
-    print("all masked, -inf:", softmax(np.full((1, 4), -np.inf, np.float32)))
-print("all masked, -100:", softmax(np.full((1, 4), -100, np.float32)))
+    print("all masked, -inf:", ref.softmax(np.full((1, 4), -np.inf, np.float32)))
+print("all masked, -100:", ref.softmax(np.full((1, 4), -100, np.float32)))
 
 # %% [markdown]
 # The price: $-100$ is only large compared with the logits. A masked key whose logit exceeds
@@ -214,7 +203,7 @@ print("all masked, -100:", softmax(np.full((1, 4), -100, np.float32)))
 
 # %%
 for gap in (0, 50, 90, 100, 110):
-    w = softmax(np.array([0.0, gap - 100.0], dtype=np.float32))
+    w = ref.softmax(np.array([0.0, gap - 100.0], dtype=np.float32))
     print(f"masked logit {gap:3d} above the others: weight {w[1]:.3g}")
 
 # %% [markdown]
@@ -261,18 +250,27 @@ hmap = rng.standard_normal((1, Hp, Wp, C)).astype(np.float32)  # a map after nor
 direct = shifted_window_attention_naive(hmap[0], p, prefix, nH, ws, s)  # (Hp, Wp, C)
 
 # %% [markdown]
-# Now the trick, with minstf's pieces: roll, partition, window attention with the mask,
-# reverse, roll back. These are the middle lines of `minstf.swin.swin_block`.
+# Now the trick, with the reference layer's pieces: roll, partition, window attention with the
+# mask, reverse, roll back. These are the middle lines of `swin_block` in
+# `minstf/reference/swin.py`, printed from the file:
+
+# %%
+L.source(ref.swin_block, start="pad_b, pad_r =", stop="x = x[:, :H, :W]")
+
+# %% [markdown]
+# The same steps on our 8×12 map (already a multiple of the window, so no padding):
 
 # %%
 rolled = np.roll(hmap, (-s, -s), axis=(1, 2))  # (1, Hp, Wp, C)
-windows = window_partition(rolled, ws)  # -> (nW, N, C)
-attended = window_attention(windows, p, f"{prefix}.attn", nH, mask)  # (nW, N, C)
-trick = np.roll(window_reverse(attended, ws, Hp, Wp), (s, s), axis=(1, 2))  # -> (1, Hp, Wp, C)
+windows = ref.window_partition(rolled, ws)  # -> (nW, N, C)
+attended = ref.window_attention(windows, p, f"{prefix}.attn", nH, mask)  # (nW, N, C)
+trick = np.roll(ref.window_reverse(attended, ws, Hp, Wp), (s, s), axis=(1, 2))  # -> (1, Hp, Wp, C)
+# float32 against the float64 loops on unit-scale inputs (errors ~1e-6); a masked key that leaked
+# through would be off by O(0.1), so 1e-4 tells the two apart
 np.testing.assert_allclose(trick[0], direct, rtol=1e-4, atol=1e-4)
 print(f"roll + mask == direct shifted windows: max difference {np.abs(trick[0] - direct).max():.1e}")
 
-no_mask = np.roll(window_reverse(window_attention(windows, p, f"{prefix}.attn", nH), ws, Hp, Wp),
+no_mask = np.roll(ref.window_reverse(ref.window_attention(windows, p, f"{prefix}.attn", nH), ws, Hp, Wp),
                   (s, s), axis=(1, 2))
 wrong = np.abs(no_mask[0] - direct).max(axis=-1)  # (Hp, Wp): largest error per token
 print(f"without the mask: max difference {wrong.max():.2f}; tokens affected: {(wrong > 1e-4).sum()} "
@@ -293,7 +291,7 @@ im = ax.imshow(wrong, cmap="Reds")
 grid_lines(ax, Hp, Wp, ws, offset=s, color="gray", lw=1)
 fig.colorbar(im, ax=ax, fraction=0.03)
 ax.set_title("error without the mask (original frame, shifted grid in grey)")
-show(fig, "without_mask")
+L.show(fig, "without_mask")
 
 # %% [markdown]
 # ## 5. The whole shifted block
@@ -302,7 +300,7 @@ show(fig, "without_mask")
 # upstream's code matters for maps that are not a multiple of the window size: the zero padding
 # comes *after* `norm1`, so padded tokens are exact zeros, and they take part in the attention
 # as keys and values (the region mask does not hide them). Written out with the direct shifted
-# windows for a 6×10 map (padded to 8×12) and checked against `minstf.swin.swin_block`:
+# windows for a 6×10 map (padded to 8×12) and checked against the reference `swin_block`:
 
 # %%
 def shifted_block_by_hand(x, H, W, params, prefix, nH, ws, s):
@@ -310,21 +308,59 @@ def shifted_block_by_hand(x, H, W, params, prefix, nH, ws, s):
     P = lambda name: params[f"{prefix}.{name}"]  # noqa: E731
     L, C = x.shape
     Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-    h = layer_norm(x, P("norm1.weight"), P("norm1.bias")).reshape(H, W, C)  # (L, C) -> (H, W, C)
+    h = ref.layer_norm(x, P("norm1.weight"), P("norm1.bias")).reshape(H, W, C)  # (L, C) -> (H, W, C)
     h = np.pad(h, ((0, Hp - H), (0, Wp - W), (0, 0)))  # -> (Hp, Wp, C), zeros after the norm
     a = shifted_window_attention_naive(h, params, prefix, nH, ws, s)  # (Hp, Wp, C)
     x = x + a[:H, :W].reshape(L, C).astype(np.float32)  # crop, (H, W, C) -> (L, C)
-    h = gelu(linear(layer_norm(x, P("norm2.weight"), P("norm2.bias")), P("mlp.fc1.weight"),
-                    P("mlp.fc1.bias")))  # (L, C) -> (L, 4C)
-    return x + linear(h, P("mlp.fc2.weight"), P("mlp.fc2.bias"))  # (L, 4C) -> (L, C)
+    h = ref.gelu(ref.linear(ref.layer_norm(x, P("norm2.weight"), P("norm2.bias")), P("mlp.fc1.weight"),
+                            P("mlp.fc1.bias")))  # (L, C) -> (L, 4C)
+    return x + ref.linear(h, P("mlp.fc2.weight"), P("mlp.fc2.bias"))  # (L, 4C) -> (L, C)
 
 
 H, W = 6, 10
 x = rng.standard_normal((1, H * W, C)).astype(np.float32)  # tokens (B, L, C)
 ours = shifted_block_by_hand(x[0], H, W, p, prefix, nH, ws, s)  # (L, C)
-lib = swin_block(x, H, W, p, prefix, nH, ws, shift=s, mask=shift_attention_mask(H, W, ws, s))  # (1, L, C)
+mask6 = ref.shift_attention_mask(H, W, ws, s)  # (nW, N, N) of the padded 8x12 map
+lib = ref.swin_block(x, H, W, p, prefix, nH, ws, shift=s, mask=mask6)  # (1, L, C)
+# float32 block (two residuals, LayerNorms, an MLP) against a chain with float64 attention:
+# errors ~1e-6 of the unit-scale tokens, as above
 np.testing.assert_allclose(lib[0], ours, rtol=1e-4, atol=1e-4)
-print(f"shifted block by hand == minstf.swin.swin_block: max difference {np.abs(lib[0] - ours).max():.1e}")
+print(f"shifted block by hand == reference swin_block: max difference {L.max_diff(lib[0], ours):.1e}")
+
+# %% [markdown]
+# ## 6. The fast block: pad, roll and partition in one gather
+#
+# The fast `swin_block` (`minstf/kernels/swin.py`) never builds the padded, rolled map.
+# `window_token_index(H, W, ws, shift)` says, for every place of every window of the rolled
+# padded map, which token lands there, or −1 for padding; gathering the tokens by it is the
+# pad + roll + partition of the reference in one copy, and writing back through it is
+# reverse + roll back + crop. The index is a pure permutation, so it can be checked exactly
+# against the reference's steps run on the token *numbers*:
+
+# %%
+index = window_token_index(H, W, ws, s)  # (nW, N) int64, -1 = padding
+numbers = np.arange(H * W, dtype=np.float64).reshape(1, H, W, 1)  # token number as the only channel
+steps = np.pad(numbers, ((0, 0), (0, Hp - H), (0, Wp - W), (0, 0)), constant_values=-1)  # pad ...
+steps = ref.window_partition(np.roll(steps, (-s, -s), axis=(1, 2)), ws)[..., 0]  # ... roll, partition
+np.testing.assert_array_equal(index, steps)  # integers: exact
+print("window_token_index(6, 10, 4, 2), windows 0 and 5:\n", index[[0, 5]])
+
+# %% [markdown]
+# Each group of windows is then gathered (`rows[index]`), normalised, attended and added back
+# in place, and the MLP runs by blocks of tokens. The real lines of the group step:
+
+# %%
+from minstf.kernels import swin as fast_swin  # noqa: E402
+
+L.source(fast_swin.swin_block, start="def group(w0, n)", stop="new[idx] = h")
+
+# %%
+# tests/test_kernels.py::test_swin_block proves fast == reference on five map sizes (padded,
+# smaller than a window, window size 3), shifted and not, within F32 = 2e-5 x max(1, max |ref|)
+tol = 2e-5 * max(1.0, float(np.abs(lib).max()))
+fast_out = fast.swin_block(x, H, W, p, prefix, nH, ws, shift=s, mask=mask6)
+np.testing.assert_allclose(fast_out, lib, rtol=0, atol=tol)
+print(f"fast swin_block == reference: max difference {L.max_diff(fast_out, lib):.1e} (bound {tol:.1e})")
 
 # %% [markdown]
 # ## Summary
@@ -332,17 +368,27 @@ print(f"shifted block by hand == minstf.swin.swin_block: max difference {np.abs(
 # * Odd blocks of every stage shift the window grid by $s = w_s/2$. Instead of handling the
 #   irregular windows, roll the map by $(-s, -s)$, use the regular grid, roll back.
 # * The rolled map gets nine region labels (three bands per axis); the mask is $-100$ between
-#   tokens of different labels in a window, 0 otherwise: `shift_attention_mask` returns it as
-#   `(nW, N, N)`, shared by all heads and images.
+#   tokens of different labels in a window, 0 otherwise: `shift_attention_mask`
+#   (`minstf/reference/swin.py`, shared by both layers) returns it as `(nW, N, N)`, shared by
+#   all heads and images.
 # * $-100$ gives the same attention as $-\infty$ but never produces `nan`; it is part of the
 #   model. Roll + mask equals attention inside the shifted windows, checked here to 1e-4.
+# * The reference `swin_block` is pad → roll → partition → attend → reverse → roll back → crop
+#   → MLP; the fast one gathers groups of windows through `window_token_index` (exactly the
+#   same tokens) and is equal within 2e-5 (`tests/test_kernels.py::test_swin_block`).
 #
 # ## Exercises
 #
 # 1. For a 64×96 map (stage 0 of a 128×192 image), how many of the 384 windows need a mask at
-#    all? Derive the number, then count with `shift_attention_mask(64, 96, 4, 2)`.
+#    all? Derive the number, then count with `ref.shift_attention_mask(64, 96, 4, 2)`.
+#    *Hint:* only the last window row and the last window column mix regions: $16 + 24 - 1$;
+#    count with `(mask.min(axis=(1, 2)) < 0).sum()`.
 # 2. Run the shipped model's $g_a$ on the sample photo with `taps` and recompute the logits of
 #    each shifted block (as in lesson 3, section 6). What is the largest gap between a masked
 #    and an unmasked logit of the same query? How far is it from the ~90 where −100 leaks?
+#    *Hint:* the input of block `b` is `taps[f"enc{i}_blk{b-1}"]`; apply norm1, pad, roll and
+#    `ref.window_partition` as in `ref.swin_block`, then the logits of lesson 3 before the softmax.
 # 3. For a 4×4 map (one window), the first band `[0, Hp-ws)` is empty. What does the mask look
 #    like, and which tokens still attend to each other?
+#    *Hint:* `ref.shift_attention_mask(4, 4, 4, 2)[0]`; label the 16 tokens with the bands
+#    `[0, 2)` and `[2, 4)` per axis: four 2×2 groups.
