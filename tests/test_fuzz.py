@@ -1,13 +1,21 @@
 """Damaged .mstf files never crash, hang or decode to a wrong image.
 
+A sample of the fuzz campaign (tools/fuzz_decoder.py: mutated files decoded in worker
+processes under a time and memory limit) must end without a bug, timeout, memory or crash
+outcome. Then a hypothesis test, in-process:
+
 One valid small file is damaged by a few random edits anywhere (header and payload):
 truncation, bit flips, inserted or deleted bytes, and header edits whose header CRC is
 recomputed (a forged header, so that the checks behind the CRC are reached too).
 Decoding must then raise a MinstfError (CorruptFile, WrongWeights, DecoderMismatch)
 or return exactly the original image, within the per-example deadline.
 """
+import re
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +28,17 @@ from minstf.errors import MinstfError
 from test_codec import HEADER_BYTES, model, sample_image, small_weights  # noqa: F401 (fixtures)
 
 FLAGS_AT = 5  # the portable flag: see forged_header_edit
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_fuzz_campaign_sample():
+    """`python tools/fuzz_decoder.py --cases 300`: every case a clean error or a legitimate decode."""
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "fuzz_decoder.py"), "--cases", "300", "--seed", "7",
+                        "--workers", "2"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+    rows = {re.split(r"\s{2,}", line)[0]: line.split()[-1] for line in r.stdout.splitlines()[3:]}
+    assert rows.pop("total") == "300" and not any(name.startswith("BUG") for name in rows), r.stdout
+    assert any(name.startswith("error DecoderMismatch") for name in rows), "no case reached the entropy decoder"
 
 
 @pytest.fixture(scope="module")
