@@ -81,3 +81,18 @@ def source(obj, start=None, stop=None):
         path = Path("minstf") / path.relative_to(Path(inspect.getsourcefile(sys.modules["minstf"])).parent)
     print(f"# {path}, lines {first + begin}-{first + end - 1} ({obj.__qualname__})")
     print("".join(lines[begin:end]).rstrip())
+
+
+def rounding_agrees(name, ours, theirs, before, noise=1e-3):
+    """Integer decisions round(before) of two float code paths: they must agree except where the
+    value rounded sits within float noise of a .5 tie. Prints and returns how many differ; the
+    floats computed after a flipped decision are not comparable, so a lesson checks them only
+    when this returns 0 (on a given machine it practically always does)."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    differ = ours != theirs
+    margin = np.abs(np.abs(np.asarray(before, np.float64) % 1.0) - 0.5)  # distance to the tie
+    assert np.all(margin[differ] < noise), f"{name}: {int(differ.sum())} decisions differ away from a tie"
+    n = int(differ.sum())
+    print(f"{name}: {ours.size - n} of {ours.size} decisions agree"
+          + (f", {n} differ at ties (margin < {noise:g})" if n else ""))
+    return n
