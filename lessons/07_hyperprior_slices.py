@@ -204,7 +204,7 @@ for s0 in sorted({0, min(K, cfg.num_slices - 1)}):
 # ## 4. Scale indexes
 # The coder cannot use a continuous scale: it has 64 integer tables, one per entry of a
 # log-spaced scale table (0.11 … 256, lesson 8). `build_indexes` picks, for each element,
-# the **smallest** table entry ≥ max(scale, 0.11), i.e. a slightly wider Gaussian (ENTROPY.md
+# the **smallest** table entry ≥ max(scale, 0.11), i.e. a slightly wider Gaussian (docs/entropy.md
 # §4.4). Naively: count the entries the scale does not exceed.
 
 # %%
