@@ -39,7 +39,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures (read it once)
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures (read it once)
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -65,7 +65,7 @@ print(f"weights {model.name}: {n_params:,} parameters, fingerprint {model.finger
 print(model.config)
 
 # %%
-SAMPLE = Path(str(L.SAMPLE))  # minstf/data/sample.png: kodim23, 384x256
+SAMPLE = Path(str(lesson.SAMPLE))  # minstf/data/sample.png: kodim23, 384x256
 image = read_image(SAMPLE)  # (H, W, 3) uint8
 H, W = image.shape[:2]
 print("image", image.shape, image.dtype)
@@ -111,7 +111,7 @@ axes[2].set_title("|error|, mean over RGB (0..255)")
 fig.colorbar(im, ax=axes[2], fraction=0.03)
 for ax in axes:
     ax.axis("off")
-L.show(fig, "original_vs_decoded")
+lesson.show(fig, "original_vs_decoded")
 
 # %% [markdown]
 # ## Estimated rate versus real bytes
@@ -177,7 +177,7 @@ ax.set_yticks([])
 ax.set_xlabel("byte offset in the file")
 ax.set_title(f"{SAMPLE.name} as .mstf: {len(data)} bytes")
 fig.legend(loc="outside lower center", ncol=3, frameon=False)
-L.show(fig, "file_layout")
+lesson.show(fig, "file_layout")
 
 # %% [markdown]
 # Three kinds of check guard a decode. The header and payload CRCs catch a damaged file. The

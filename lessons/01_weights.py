@@ -31,7 +31,7 @@ import json
 import math
 from collections import defaultdict
 
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -160,7 +160,7 @@ ax.set_yticks(ypos, names)
 ax.set_xscale("log")
 ax.set_xlabel("parameters (log scale)")
 ax.legend()
-L.show(fig, "params_per_module")
+lesson.show(fig, "params_per_module")
 
 # %% [markdown]
 # ## A weight file, byte by byte

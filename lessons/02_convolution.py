@@ -38,7 +38,7 @@
 # `minstf.switch.INTERFACE` exists in both with the same arguments (docs/architecture.md §2).
 
 # %%
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -128,14 +128,14 @@ print("im2col == naive (stride 1 and 2)")
 # PyTorch weight, no transpose. Its real lines:
 
 # %%
-L.source(ref.conv2d, start="xp = xp_of(x)")
+lesson.source(ref.conv2d, start="xp = xp_of(x)")
 
 # %%
 # the same float32 products, summed in another order than our (dy, dx, c) im2col: same tolerance
 np.testing.assert_allclose(ref.conv2d(x, w, bias, stride=1, padding=1), ref1, rtol=1e-5, atol=1e-5)
 np.testing.assert_allclose(ref.conv2d(x, w, bias, stride=2, padding=1), ref2, rtol=1e-5, atol=1e-5)
 print("naive == minstf.reference.conv2d (stride 1 and 2), max difference "
-      f"{L.max_diff(ref.conv2d(x, w, bias, stride=1, padding=1), ref1):.1e}")
+      f"{lesson.max_diff(ref.conv2d(x, w, bias, stride=1, padding=1), ref1):.1e}")
 
 # %% [markdown]
 # What the patch matrix holds, for a one-channel 4×4 image with a 3×3 kernel and padding 1:
@@ -154,7 +154,7 @@ ax.set_xticks(range(9), [f"{dy},{dx}" for dy in range(3) for dx in range(3)], fo
 ax.set_xlabel("kernel tap (dy, dx)")
 ax.set_ylabel("output pixel y*4 + x")
 ax.set_title("im2col: input pixel per (output, tap)")
-L.show(fig, "im2col_matrix")
+lesson.show(fig, "im2col_matrix")
 
 # %% [markdown]
 # ## 3. A trick minstf does not use: flat row offsets (stride 1)
@@ -235,7 +235,7 @@ for ax in axes:
         ax.text(c, r, v, ha="center", va="center", fontsize=9)
     ax.set_xticks(range(Wp_))
     ax.set_yticks(range(Hp_))
-L.show(fig, "flat_row_offsets")
+lesson.show(fig, "flat_row_offsets")
 
 # %% [markdown]
 # The garbage rows are the price: $(W_p - W_o)/W_p$ of all the work (a fifth of it for a 3×3
@@ -311,7 +311,7 @@ for name, layer in (("reference", ref), ("fast", fast)):
     np.testing.assert_allclose(layer.conv2d(x, w5, bias, padding=2), naive5, rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(layer.conv2d(wide_in, w8, bias, padding=1), naive8, rtol=1e-5, atol=2e-5)
     print(f"minstf.{'reference' if layer is ref else 'kernels'}.conv2d == naive (3x3 stride 1 and 2, 5x5, "
-          f"taps first): max difference {L.max_diff(layer.conv2d(wide_in, w8, bias, padding=1), naive8):.1e}")
+          f"taps first): max difference {lesson.max_diff(layer.conv2d(wide_in, w8, bias, padding=1), naive8):.1e}")
 for h_ in (5, 6, 7, 8):  # a 3x3, stride 2, padding 1 convolution halves sizes, rounding up
     assert ref.conv2d(np.zeros((1, h_, 3, 1), np.float32), np.zeros((1, 1, 3, 3), np.float32),
                       stride=2, padding=1).shape[1] == -(-h_ // 2)
@@ -416,7 +416,7 @@ for (rr, cc), v in np.ndenumerate(shuffled):
 ax.set_xticks(range(W_ * r))
 ax.set_yticks(range(H_ * r))
 ax.set_title("PixelShuffle(2): output pixel = input pixel : channel")
-L.show(fig, "pixel_shuffle")
+lesson.show(fig, "pixel_shuffle")
 
 # %% [markdown]
 # ## 6. The sub-pixel convolution of the hyper synthesis
@@ -435,7 +435,7 @@ L.show(fig, "pixel_shuffle")
 # %%
 from minstf import transforms  # noqa: E402
 
-L.source(transforms._h_s, start="x = _conv")
+lesson.source(transforms._h_s, start="x = _conv")
 
 # %%
 model = minstf.load_model()
@@ -464,8 +464,8 @@ np.testing.assert_allclose(h_mean_s(z_hat, p, cfg, kernels="reference"), means, 
 # < 1.2e-7); tests/test_kernels.py allows 2e-5 x the largest magnitude per kernel, five chained here
 np.testing.assert_allclose(h_mean_s(z_hat, p, cfg, kernels="fast"), means, rtol=1e-4, atol=1e-4 * scale)
 print(f"by hand == h_mean_s on the reference layer (max difference "
-      f"{L.max_diff(h_mean_s(z_hat, p, cfg, kernels='reference'), means):.1e}) and on the fast layer "
-      f"({L.max_diff(h_mean_s(z_hat, p, cfg, kernels='fast'), means):.1e}); largest |value| {scale:.1f}")
+      f"{lesson.max_diff(h_mean_s(z_hat, p, cfg, kernels='reference'), means):.1e}) and on the fast layer "
+      f"({lesson.max_diff(h_mean_s(z_hat, p, cfg, kernels='fast'), means):.1e}); largest |value| {scale:.1f}")
 
 # %% [markdown]
 # ## Summary

@@ -40,7 +40,7 @@
 import inspect
 import math
 
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -52,7 +52,7 @@ from minstf.transforms import g_a
 
 ref = get_kernels("reference")  # minstf/reference/swin.py: windows, bias, mask, attention, the block
 fast = get_kernels("fast")  # minstf/kernels/swin.py: attention and the block by groups of windows
-FAST = L.FAST  # CI: a crop of the photo, fewer windows
+FAST = lesson.FAST  # CI: a crop of the photo, fewer windows
 
 
 # %% [markdown]
@@ -91,7 +91,7 @@ print("naive == window_partition (minstf/reference/swin.py); window_reverse undo
 # the window), move the two window axes in front, flatten. Its real lines:
 
 # %%
-L.source(ref.window_partition, start="B, Hp, Wp, C = x.shape")
+lesson.source(ref.window_partition, start="B, Hp, Wp, C = x.shape")
 
 # %% [markdown]
 # The fast layer never calls it on the hot path: its Swin block gathers each window's tokens
@@ -117,7 +117,7 @@ for w_ in range(6):
     r0, c0 = divmod(w_, 3)
     ax.text(c0 * ws + 1.5, r0 * ws + 1.5, f"window {w_}", ha="center", va="center", fontsize=13, alpha=0.35)
 ax.set_title("window_partition of an 8x12 map: window index (colour), token n (number)")
-L.show(fig, "window_partition")
+lesson.show(fig, "window_partition")
 
 # %% [markdown]
 # ## 2. The relative position bias
@@ -160,7 +160,7 @@ for (a, b), v in np.ndenumerate(offsets):
 axes[1].set_xlabel("c_n - c_m")
 axes[1].set_ylabel("r_n - r_m")
 axes[1].set_title("table row = offset (7 x 7)")
-L.show(fig, "relative_position_index")
+lesson.show(fig, "relative_position_index")
 
 # %% [markdown]
 # ## 3. Real tokens: the input of the last analysis stage
@@ -173,7 +173,7 @@ L.show(fig, "relative_position_index")
 # %%
 model = minstf.load_model()
 p, cfg = model.params, model.config
-image = L.sample_image((slice(64, 192), slice(96, 288)) if FAST else None)  # (256, 384, 3); fast: the heads
+image = lesson.sample_image((slice(64, 192), slice(96, 288)) if FAST else None)  # (256, 384, 3); fast: the heads
 taps = {}
 g_a(to_float(image).transpose(0, 2, 3, 1), p, cfg, taps)  # (1, 3, H, W) -> (1, H, W, 3), fills taps
 tokens = taps["enc2_out"]  # (1, H/16 * W/16, C): input of stage 3
@@ -252,7 +252,7 @@ def window_attention_batched(x, params, prefix, nH):
 # unit-scale tokens: errors ~1e-6; 1e-4 still catches a wrong head split or bias index (O(0.1))
 batched = window_attention_batched(windows, p, prefix, nH)
 np.testing.assert_allclose(batched, ref_naive, rtol=1e-4, atol=1e-4)
-print(f"batched == naive (float64): max difference {L.max_diff(batched, ref_naive):.1e}")
+print(f"batched == naive (float64): max difference {lesson.max_diff(batched, ref_naive):.1e}")
 
 # %% [markdown]
 # ### The reference: `window_attention` in `minstf/reference/swin.py`
@@ -262,7 +262,7 @@ print(f"batched == naive (float64): max difference {L.max_diff(batched, ref_naiv
 # (docs/architecture.md §2.3) and adds the shift mask of lesson 4 when it is given. Its real lines:
 
 # %%
-L.source(ref.window_attention, start="p = lambda")
+lesson.source(ref.window_attention, start="p = lambda")
 
 # %%
 lib = ref.window_attention(windows, p, f"{prefix}.attn", nH)
@@ -271,7 +271,7 @@ np.testing.assert_allclose(lib, ref_naive, rtol=1e-4, atol=1e-4)  # float32 vs f
 # to the softmax's details: they agree to float32 rounding, ~1e-7 relative
 np.testing.assert_allclose(lib, batched, rtol=1e-5, atol=1e-5)
 print(f"naive (float64) == batched == reference window_attention; max |reference - naive| = "
-      f"{L.max_diff(lib, ref_naive):.2e}")
+      f"{lesson.max_diff(lib, ref_naive):.2e}")
 
 # %% [markdown]
 # ### The fast twin: `window_attention` in `minstf/kernels/swin.py`
@@ -292,7 +292,7 @@ print(inspect.cleandoc(fast_swin._attend.__doc__))
 tol = 2e-5 * max(1.0, float(np.abs(lib).max()))
 np.testing.assert_allclose(fast.window_attention(windows, p, f"{prefix}.attn", nH), lib, rtol=0, atol=tol)
 print(f"fast == reference window_attention: max difference "
-      f"{L.max_diff(fast.window_attention(windows, p, f'{prefix}.attn', nH), lib):.1e} (bound {tol:.1e})")
+      f"{lesson.max_diff(fast.window_attention(windows, p, f'{prefix}.attn', nH), lib):.1e} (bound {tol:.1e})")
 
 # %% [markdown]
 # (The reference multiplies $q$ by $hd^{-1/2}$ before the product, as upstream does; the
@@ -329,7 +329,7 @@ for h in range(shown):
     axes[1, h].set_xlabel("key m")
     axes[1, h].set_ylabel("query n")
 fig.colorbar(im, ax=axes[1, shown - 1], fraction=0.046, label="weight (rows sum to 1)")
-L.show(fig, "heads")
+lesson.show(fig, "heads")
 
 # %% [markdown]
 # ## 7. What windows save

@@ -36,7 +36,7 @@
 # %%
 import math
 
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures, source listings
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -93,7 +93,7 @@ for ax, tok, reg, title, off in ((axes[0], tokens, region, "original: shifted wi
         ax.text(c, r, v, ha="center", va="center", fontsize=8)
     grid_lines(ax, Hp, Wp, ws, offset=off)
     ax.set_title(title)
-L.show(fig, "shift_and_roll")
+lesson.show(fig, "shift_and_roll")
 
 # %% [markdown]
 # ## 2. Region labels and the mask
@@ -152,7 +152,7 @@ for (r, c), v in np.ndenumerate(label):
     ax.text(c, r, v, ha="center", va="center")
 grid_lines(ax, Hp, Wp, ws)
 ax.set_title("region labels of the rolled 8x12 map (3 bands x 3 bands)")
-L.show(fig, "labels")
+lesson.show(fig, "labels")
 
 # %%
 nW = mask.shape[0]
@@ -163,7 +163,7 @@ for w, ax in enumerate(axes):
     ax.set_xticks([0, 15])
     ax.set_yticks([0, 15])
 fig.suptitle("mask[w, n, m] (white 0 = may attend, black -100 = masked); query n down, key m across")
-L.show(fig, "masks")
+lesson.show(fig, "masks")
 
 # %% [markdown]
 # Windows 0 and 1 lie inside region 0: no mask. Window 2 (top right) mixes two regions
@@ -255,7 +255,7 @@ direct = shifted_window_attention_naive(hmap[0], p, prefix, nH, ws, s)  # (Hp, W
 # `minstf/reference/swin.py`, printed from the file:
 
 # %%
-L.source(ref.swin_block, start="pad_b, pad_r =", stop="x = x[:, :H, :W]")
+lesson.source(ref.swin_block, start="pad_b, pad_r =", stop="x = x[:, :H, :W]")
 
 # %% [markdown]
 # The same steps on our 8×12 map (already a multiple of the window, so no padding):
@@ -291,7 +291,7 @@ im = ax.imshow(wrong, cmap="Reds")
 grid_lines(ax, Hp, Wp, ws, offset=s, color="gray", lw=1)
 fig.colorbar(im, ax=ax, fraction=0.03)
 ax.set_title("error without the mask (original frame, shifted grid in grey)")
-L.show(fig, "without_mask")
+lesson.show(fig, "without_mask")
 
 # %% [markdown]
 # ## 5. The whole shifted block
@@ -325,7 +325,7 @@ lib = ref.swin_block(x, H, W, p, prefix, nH, ws, shift=s, mask=mask6)  # (1, L, 
 # float32 block (two residuals, LayerNorms, an MLP) against a chain with float64 attention:
 # errors ~1e-6 of the unit-scale tokens, as above
 np.testing.assert_allclose(lib[0], ours, rtol=1e-4, atol=1e-4)
-print(f"shifted block by hand == reference swin_block: max difference {L.max_diff(lib[0], ours):.1e}")
+print(f"shifted block by hand == reference swin_block: max difference {lesson.max_diff(lib[0], ours):.1e}")
 
 # %% [markdown]
 # ## 6. The fast block: pad, roll and partition in one gather
@@ -352,7 +352,7 @@ print("window_token_index(6, 10, 4, 2), windows 0 and 5:\n", index[[0, 5]])
 # %%
 from minstf.kernels import swin as fast_swin  # noqa: E402
 
-L.source(fast_swin.swin_block, start="def group(w0, n)", stop="new[idx] = h")
+lesson.source(fast_swin.swin_block, start="def group(w0, n)", stop="new[idx] = h")
 
 # %%
 # tests/test_kernels.py::test_swin_block proves fast == reference on five map sizes (padded,
@@ -360,7 +360,7 @@ L.source(fast_swin.swin_block, start="def group(w0, n)", stop="new[idx] = h")
 tol = 2e-5 * max(1.0, float(np.abs(lib).max()))
 fast_out = fast.swin_block(x, H, W, p, prefix, nH, ws, shift=s, mask=mask6)
 np.testing.assert_allclose(fast_out, lib, rtol=0, atol=tol)
-print(f"fast swin_block == reference: max difference {L.max_diff(fast_out, lib):.1e} (bound {tol:.1e})")
+print(f"fast swin_block == reference: max difference {lesson.max_diff(fast_out, lib):.1e} (bound {tol:.1e})")
 
 # %% [markdown]
 # ## Summary

@@ -39,7 +39,7 @@
 # $y$ of a photo. Spec: docs/architecture.md §2.1, §2.7–2.9, §3.1, §3.5.
 
 # %%
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -49,11 +49,11 @@ from minstf.switch import get_kernels
 from minstf.transforms import basic_layer, g_a, g_s, patch_embed, patch_merging, patch_split
 
 ref = get_kernels("reference")  # minstf/reference/: layer_norm, linear, conv2d, ... written to be read
-FAST = L.FAST  # CI: a crop of the photo for the naive loops
+FAST = lesson.FAST  # CI: a crop of the photo for the naive loops
 
 model = minstf.load_model()
 p, cfg = model.params, model.config
-image = L.sample_image()  # (256, 384, 3) uint8
+image = lesson.sample_image()  # (256, 384, 3) uint8
 x = to_float(image).transpose(0, 2, 3, 1)  # (1, 3, H, W) -> (1, H, W, 3), channels-last
 small = x[:, 64:128, 96:192] if FAST else x[:, :128, :192]  # a crop for the naive loops
 print("image", x.shape, " crop for the loops", small.shape, " e =", cfg.embed_dim)
@@ -109,7 +109,7 @@ for t in np.arange(-0.5, 6, 2):
     ax.axhline(t, color="k", lw=2)
     ax.axvline(t, color="k", lw=2)
 ax.set_title("PatchMerging: one output token per 2x2 block,\nchannels [x0 | x1 | x2 | x3]")
-L.show(fig, "patch_merging_order")
+lesson.show(fig, "patch_merging_order")
 
 # %% [markdown]
 # Naive, token by token, on the tokens that leave the blocks of stage 0 (computed by the library
@@ -196,7 +196,7 @@ print("naive == patch_split (minstf/transforms.py)")
 # %%
 from minstf import transforms  # noqa: E402
 
-L.source(transforms.g_a, start="x, H, W = patch_embed", stop="return x.reshape")
+lesson.source(transforms.g_a, start="x, H, W = patch_embed", stop="return x.reshape")
 
 # %% [markdown]
 # Written out for the sample photo on the reference layer, printing the shape after every
@@ -223,7 +223,7 @@ np.testing.assert_allclose(g_a(x, p, cfg, kernels="reference"), y, rtol=0, atol=
 # do not pile up much: 1e-4 of y's largest magnitude is a safe bound for the whole transform
 y_fast = g_a(x, p, cfg)  # kernels="fast", the default
 np.testing.assert_allclose(y_fast, y, rtol=0, atol=1e-4 * y_scale)
-print(f"by hand == g_a (reference) == g_a (fast): max |fast - reference| {L.max_diff(y_fast, y):.1e}, "
+print(f"by hand == g_a (reference) == g_a (fast): max |fast - reference| {lesson.max_diff(y_fast, y):.1e}, "
       f"max |y| {y_scale:.1f}")
 
 # %%
@@ -248,7 +248,7 @@ assert x_hat.shape == x.shape
 np.testing.assert_allclose(g_s(y_hat, p, cfg, kernels="reference"), x_hat, rtol=0, atol=1e-6)
 x_hat_fast = g_s(y_hat, p, cfg)
 np.testing.assert_allclose(x_hat_fast, x_hat, rtol=0, atol=1e-4)  # x_hat is on the scale of [0, 1]
-print(f"by hand == g_s (reference) == g_s (fast): max |fast - reference| {L.max_diff(x_hat_fast, x_hat):.1e}")
+print(f"by hand == g_s (reference) == g_s (fast): max |fast - reference| {lesson.max_diff(x_hat_fast, x_hat):.1e}")
 
 # %% [markdown]
 # Sizes that are not multiples of 16 are rounded *up* at every halving (PatchEmbed and
@@ -289,7 +289,7 @@ for ax, c in zip(axes.flat[1:], top):
     ax.set_title(f"y channel {c} (var {var[c]:.2f})")
 for ax in axes.flat:
     ax.axis("off")
-L.show(fig, "latent_channels")
+lesson.show(fig, "latent_channels")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 3), layout="constrained")
@@ -298,7 +298,7 @@ ax.set_yscale("log")
 ax.set_xlabel("channel (sorted)")
 ax.set_ylabel("variance over the map")
 ax.set_title("energy of the latent channels")
-L.show(fig, "latent_variance")
+lesson.show(fig, "latent_variance")
 
 # %% [markdown]
 # ## Summary

@@ -35,7 +35,7 @@
 # `N` a number of sample points. Inside minstf maps are channels-last `(B, h, w, C)`.
 
 # %%
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -43,7 +43,7 @@ import minstf
 from minstf import entropy_models as em
 from minstf.image import to_float
 
-FAST = L.FAST
+FAST = lesson.FAST
 
 
 model = minstf.load_model(quality=2)  # the shipped medium-rate model (MINSTF_WEIGHTS_DIR overrides)
@@ -58,7 +58,7 @@ print(model.name, "| z channels C =", C)
 # to run `forward`). `forward(x, taps)` hands us the hyper-latent `z` it computed.
 
 # %%
-image = L.sample_image((slice(0, 128), slice(0, 192)) if FAST else None)  # uint8 (H, W, 3)
+image = lesson.sample_image((slice(0, 128), slice(0, 192)) if FAST else None)  # uint8 (H, W, 3)
 x = to_float(image)  # (H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]
 taps = {}
 out = model.forward(x, taps=taps)
@@ -202,7 +202,7 @@ ax[0].set(title="logits $f_c(v)$", xlabel="v − median")
 ax[1].set(title="CDF $\\sigma(f_c(v))$", xlabel="v − median")
 ax[0].legend(fontsize=8)
 fig.tight_layout()
-L.show(fig, "cdf")
+lesson.show(fig, "cdf")
 
 # %% [markdown]
 # ## 3. Likelihoods, and the sign trick
@@ -310,7 +310,7 @@ np.testing.assert_allclose(tail_c, ref["tail_mass"][c], rtol=1e-6, atol=1e-30)
 np.testing.assert_array_equal(pmf_length, ref["pmf_length"])  # integers: exact
 np.testing.assert_array_equal(offset, ref["offset"])
 print(f"pmf sums to {pmf_c[:pmf_length[c]].sum():.9f}, tail mass {tail_c:.3g}; equal to eb_pmf "
-      f"(max relative difference {L.max_diff(pmf_c / ref['pmf'][c].clip(1e-30), 1):.1e})")
+      f"(max relative difference {lesson.max_diff(pmf_c / ref['pmf'][c].clip(1e-30), 1):.1e})")
 
 # %% [markdown]
 # ### `pmf_to_quantized_cdf`, naively (docs/entropy.md §5)
@@ -430,7 +430,7 @@ ax[1].plot(values + 0.5, table[c, 1:n + 1] / 65536, "o", ms=4, label="integer cd
 ax[1].set(title="CDF at the bin edges", xlabel="v − median")
 ax[1].legend(fontsize=8)
 fig.tight_layout()
-L.show(fig, "pmf_cdf")
+lesson.show(fig, "pmf_cdf")
 
 # %% [markdown]
 # ## Summary

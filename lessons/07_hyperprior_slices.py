@@ -42,7 +42,7 @@
 # `k = min(s, K)` the support slices of slice `s`, `N_z` channels of z; maps are `(B, H, W, C)`.
 
 # %%
-import _lesson as L  # lessons/_lesson.py: fast mode, the sample photo, figures, checks
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures, checks
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -52,7 +52,7 @@ from minstf.image import psnr, to_float
 from minstf.slices import run_slices, slice_of
 from minstf.transforms import g_a, g_s, h_a, h_mean_s, h_scale_s, slice_network
 
-FAST = L.FAST
+FAST = lesson.FAST
 
 
 model = minstf.load_model(quality=2)  # the shipped medium-rate model
@@ -61,7 +61,7 @@ M, S, Cs, K = cfg.M, cfg.num_slices, cfg.slice_channels, cfg.max_support_slices
 print(f"{model.name}: y has M = {M} channels in S = {S} slices of Cs = {Cs}; "
       f"support = the first K = {K} slices; z has N_z = {cfg.N_z} channels")
 
-image = L.sample_image((slice(0, 128), slice(0, 192)) if FAST else None)  # uint8 (H, W, 3)
+image = lesson.sample_image((slice(0, 128), slice(0, 192)) if FAST else None)  # uint8 (H, W, 3)
 x = to_float(image).transpose(0, 2, 3, 1)  # (1, 3, H, W) -> (1, H, W, 3): channels-last inside
 
 # %% [markdown]
@@ -85,7 +85,7 @@ out = model.forward(to_float(image), taps=taps)  # the library's forward pass, r
 for name, ours in [("y", y), ("z", z)]:
     np.testing.assert_allclose(ours, taps[name], rtol=0, atol=1e-5 * max(1.0, float(np.abs(ours).max())))
 # decisions: the z symbols must agree, except where z - median lies within float noise of a tie
-if L.rounding_agrees("z symbols", np.rint(z - med), np.rint(taps["z"] - med), z - med) == 0:
+if lesson.rounding_agrees("z symbols", np.rint(z - med), np.rint(taps["z"] - med), z - med) == 0:
     for name, ours in [("z_hat", z_hat), ("latent_means", latent_means), ("latent_scales", latent_scales)]:
         np.testing.assert_allclose(ours, taps[name], rtol=0, atol=1e-5 * max(1.0, float(np.abs(ours).max())))
 print("stage by stage == model.forward taps")
@@ -105,7 +105,7 @@ for a, (title, m) in zip(ax, [(f"y, channel {ch}", y), (f"latent_means, channel 
     a.axis("off")
     fig.colorbar(im, ax=a, shrink=0.8)
 fig.tight_layout()
-L.show(fig, "hyperprior")
+lesson.show(fig, "hyperprior")
 
 # %% [markdown]
 # ## 2. Which slices support which
@@ -162,7 +162,7 @@ y_hat_naive, rec = slice_loop_naive(y, latent_means, latent_scales, params, cfg)
 # `quantize(s, mu, scale)`. With `taps` it records the per-slice tensors. Its real loop:
 
 # %%
-L.source(run_slices, start="for s in range(config.num_slices)", stop="y_hat_slices.append")
+lesson.source(run_slices, start="for s in range(config.num_slices)", stop="y_hat_slices.append")
 
 # %% [markdown]
 # Our loop and the library's are two code paths: the symbols (integers) must agree exactly,
@@ -173,7 +173,7 @@ lib_taps = {}
 y_hat = run_slices(latent_means, latent_scales, params, cfg,
                    quantize=lambda s, mu, scale: np.rint(slice_of(y, s, cfg) - mu), taps=lib_taps)
 symbols_of = lambda r: np.rint(r["y_hat_pre_lrp"] - r["mu"])  # noqa: E731 (y_hat_s - mu is an integer)
-if L.rounding_agrees("y symbols, naive vs run_slices", symbols_of(rec), symbols_of(lib_taps), y - rec["mu"]) == 0:
+if lesson.rounding_agrees("y symbols, naive vs run_slices", symbols_of(rec), symbols_of(lib_taps), y - rec["mu"]) == 0:
     # the same slice networks on the same supports, concatenated the same way; 1e-5 of the
     # largest magnitude covers any reordering of their float32 sums
     for name, ours in [("y_hat", y_hat_naive)] + list(rec.items()):
@@ -236,7 +236,7 @@ for s in range(cfg.num_slices):
 for a in ax.flat:
     a.axis("off")
 fig.colorbar(im, ax=ax[1, :].tolist(), shrink=0.8)
-L.show(fig, "indexes")
+lesson.show(fig, "indexes")
 
 # %% [markdown]
 # Large indexes (wide Gaussians) sit where `y` is hard to predict (edges, texture); smooth
@@ -290,7 +290,7 @@ for a, im in zip(ax, (None, im1, im2)):
     if im is not None:
         fig.colorbar(im, ax=a, shrink=0.8)
 fig.tight_layout()
-L.show(fig, "lrp")
+lesson.show(fig, "lrp")
 
 # %% [markdown]
 # ## Summary

@@ -29,39 +29,21 @@
 # constriction; we check every step against its `SymbolEncoder` / `SymbolDecoder`.
 
 # %%
-import os
-import sys
 import time
-from importlib.resources import files
 
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures
 import constriction
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
-    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from scipy.special import ndtr  # the standard normal CDF, float64
 
 import minstf
 from minstf import entropy_models as em
-from minstf.coding import CHUNK_BITS, SymbolDecoder, SymbolEncoder
-from minstf.image import read_image, to_float
-from minstf.slices import channel_first_flat, slice_of
+from minstf.coding import CHUNK_BITS, SymbolDecoder, SymbolEncoder, channel_first_flat
+from minstf.image import to_float
+from minstf.slices import slice_of
 
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"
-FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")
-
-
-def show(fig, name):
-    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
-    if "ipykernel" in sys.modules:
-        plt.show()
-        return
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, f"08_{name}.png"), dpi=80)
-    plt.close(fig)
+FAST = lesson.FAST
 
 
 Ans = constriction.stream.stack.AnsCoder
@@ -157,7 +139,7 @@ print(f"row {r}: {n} positions, ideal {ideal:.0f} bits, stream {mine.num_bits()}
 # %% [markdown]
 # ## 4. Escapes: values outside a row
 # constriction's models have finite support and no escape code, so minstf adds its own
-# (ENTROPY.md §6.2 in spirit). A value $v$ below 0 or at/above the escape position
+# (docs/entropy.md §6.2 in spirit). A value $v$ below 0 or at/above the escape position
 # $E = L - 2$ is coded as the escape position, followed later in the stream by a
 # sign-folded integer
 #
@@ -256,26 +238,27 @@ print("encode_grouped == SymbolEncoder, byte for byte")
 
 # %% [markdown]
 # ## 6. The real stream: y of the sample photo
-# `forward()` gives us y, mu and scale (lesson 7); the symbols are `round(y − mu)`, the rows
-# `build_indexes(scale)`. Upstream's order inside a slice is channel, row, column of
-# `(B, S, H, W)` — `channel_first_flat` — and the slices follow each other in one stream.
-# Rebuilt from scratch, it equals the y string of `model.compress`:
+# `compress(x, taps=...)` records, per slice, `mu`, `scale` and `y_hat_pre_lrp` = symbols + mu
+# (lesson 7), so the symbols are `round(y_hat_pre_lrp − mu)` (exact: an integer plus and minus
+# mu is within rounding of the integer) and the rows `build_indexes(scale)`. Upstream's order
+# inside a slice is channel, row, column of `(B, Cs, H, W)` — `channel_first_flat` in
+# `minstf/coding.py` — and the slices follow each other in one stream. Rebuilt from scratch
+# from compress's own numbers (one code path, so the bytes must be equal), it equals the y
+# string of `model.compress`:
 
 # %%
-image = read_image(str(files("minstf") / "data" / "sample.png"))  # uint8 (H, W, 3)
-if FAST:
-    image = image[:128, :192]
+image = lesson.sample_image((slice(0, 128), slice(0, 192)) if FAST else None)  # uint8 (H, W, 3)
 x = to_float(image)  # (1, 3, H, W)
 taps = {}
 out = model.forward(x, taps=taps)
 cfg = model.config
-y_symbols = em.quantize_symbols(taps["y"], taps["mu"])  # (1, H4, W4, M) int32
-y_index = em.build_indexes(taps["scale"])  # (1, H4, W4, M) int32
-adds = [(channel_first_flat(slice_of(y_symbols, s, cfg)),  # (1, H4, W4, S) -> (S*H4*W4,)
+ctaps = {}
+compressed = model.compress(x, taps=ctaps)  # float32 mode: the same entropy parameters as forward()
+y_symbols = np.rint(ctaps["y_hat_pre_lrp"] - ctaps["mu"]).astype(np.int32)  # (1, H4, W4, M) int32
+y_index = em.build_indexes(ctaps["scale"])  # (1, H4, W4, M) int32
+adds = [(channel_first_flat(slice_of(y_symbols, s, cfg)),  # (1, H4, W4, Cs) -> (Cs*H4*W4,)
          channel_first_flat(slice_of(y_index, s, cfg))) for s in range(cfg.num_slices)]
-
-compressed = model.compress(x)
-assert encode_grouped(adds, gc) == compressed.y_string
+assert encode_grouped(adds, gc) == compressed.y_string  # bytes of one code path: exact
 print(f"y: {y_symbols.size} symbols -> {len(compressed.y_string)} bytes, rebuilt from scratch byte for byte")
 
 # %% [markdown]
@@ -349,7 +332,9 @@ def table_bits(symbols, rows, table):
 
 
 cont = -np.log2(em.gc_likelihood(taps["y"], taps["scale"], taps["mu"]).astype(np.float64))  # (1, H4, W4, M)
-np.testing.assert_array_equal(cont.sum(), -np.log2(out["likelihoods"]["y"].astype(np.float64)).sum())
+# forward() computes the same likelihoods slice by slice; the two sums run in other orders (NHWC
+# vs NCHW), so compare the float64 totals to 1e-9 relative, far below a bit's worth
+np.testing.assert_allclose(cont.sum(), -np.log2(out["likelihoods"]["y"].astype(np.float64)).sum(), rtol=1e-9)
 tab, esc = table_bits(y_symbols, y_index, gc)  # (1, H4, W4, M) each
 bits_stream = 8 * len(compressed.y_string)
 diff = tab - cont  # (1, H4, W4, M): what the tables charge beyond the continuous model
@@ -376,7 +361,7 @@ ax.axhline(0, color="k", lw=0.5)
 ax.set(xlabel="continuous bits of the element", ylabel="table − continuous bits",
        title="integer tables vs the continuous model, per y element")
 fig.tight_layout()
-show(fig, "overhead")
+lesson.show(fig, "overhead")
 
 # %% [markdown]
 # The z stream, the same way (rows = channels, z's tables from lesson 6):
@@ -409,8 +394,14 @@ print(f"total {(bits_stream + bits_z) / npx:.4f} bpp (payload, without the .mstf
 #
 # 1. Code the y symbols with `QuantizedGaussian` and the network's own `mu`, `max(scale, 0.11)`
 #    instead of the tables. How much smaller is the stream? Why can't STF do that safely
-#    across machines (hint: lesson 9)?
+#    across machines?
+#    *Hint:* the warm-up of section 1 does it for random symbols; use `taps["y"]`, `taps["mu"]`,
+#    `taps["scale"]` flattened. Lesson 9 shows what a one-ulp difference in `mu` does to a decoder.
 # 2. Make the escape cheaper: code the count with a `Categorical` fitted to the counts of the
 #    test symbols above. When would it matter for STF?
+#    *Hint:* `np.bincount` of the chunk counts gives the probabilities; escapes are rare in y
+#    (print `esc.sum()` above), so only a badly trained or mismatched model would notice.
 # 3. Build a table with only 16 rows (every 4th scale) and measure the table bits of y. How
 #    does the overhead grow with coarser scale tables?
+#    *Hint:* map each index to `4 * (index // 4) + 3` (the widest scale of its group, so
+#    nothing is cheaper than it should be) and sum `table_bits(y_symbols, rows, gc)[0]`.

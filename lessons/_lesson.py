@@ -1,6 +1,6 @@
 """What every lesson shares: fast mode, the sample photo, figures, source listings, differences.
 
-Each lesson starts with `import _lesson as L`. Python finds this file because a script's own
+Each lesson starts with `import _lesson as lesson`. Python finds this file because a script's own
 folder is first on `sys.path` (`python lessons/03_window_attention.py` from the repository
 root, or `python 03_window_attention.py` from `lessons/`), and a notebook's working folder is
 the folder of the notebook.
