@@ -28,52 +28,33 @@
 # point arithmetic. We trigger a failure on purpose, and see the two defences: the portable
 # float64 mode and the per-slice CRC that turns silent garbage into a `DecoderMismatch`.
 #
-# Spec: `STF.md` §6–7, `ENTROPY.md` §7; code: `minstf/codec.py`, `minstf/model.py`,
+# Spec: docs/architecture.md §6–7, docs/entropy.md §7, docs/determinism.md; code: `minstf/codec.py`, `minstf/model.py`,
 # `minstf/bitstream.py`.
 
 # %%
 import dataclasses
-import os
-import sys
-from importlib.resources import files
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
-    matplotlib.use("Agg")
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo, figures
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minstf
 from minstf import bitstream
-from minstf.bitstream import check_symbols, symbols_crc
-from minstf.coding import SymbolDecoder, SymbolEncoder
+from minstf.coding import (SymbolDecoder, SymbolEncoder, channel_first_flat, check_symbols,
+                           from_channel_first_flat, symbols_crc)
 from minstf.entropy_models import SCALE_TABLE, build_indexes, quantize_symbols
 from minstf.errors import CorruptFile, DecoderMismatch
-from minstf.image import psnr, psnr_uint8, read_image, to_float, to_uint8
+from minstf.image import psnr, psnr_uint8, to_float, to_uint8
 from minstf.model import Compressed
-from minstf.slices import channel_first_flat, from_channel_first_flat, run_slices, slice_of
+from minstf.slices import run_slices, slice_of
 from minstf.transforms import g_a, g_s, h_a, h_mean_s, h_scale_s
 from minstf.zoo import QUALITIES
 
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"
-FIGURES = os.environ.get("MINSTF_LESSONS_FIGURES")
+FAST = lesson.FAST
 
 
-def show(fig, name):
-    """Display in a notebook; as a script save to $MINSTF_LESSONS_FIGURES (if set) and close."""
-    if "ipykernel" in sys.modules:
-        plt.show()
-        return
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, f"09_{name}.png"), dpi=80)
-    plt.close(fig)
-
-
-image = read_image(str(files("minstf") / "data" / "sample.png"))  # uint8 (H, W, 3)
-if FAST:
-    image = image[64:128, 128:256]  # a 64 x 128 strip through a parrot: this lesson runs the codec often
+# fast: a 64 x 128 strip through a parrot (this lesson runs the codec often)
+image = lesson.sample_image((slice(64, 128), slice(128, 256)) if FAST else None)  # uint8 (H, W, 3)
 H, W = image.shape[:2]
 print("image", image.shape)
 
@@ -99,6 +80,8 @@ for q, m in models.items():
     coded[q] = data, stats, decoded
     taps[q] = {}
     out = outs[q] = m.forward(x, taps=taps[q])
+    # one code path: decode recomputes forward()'s numbers with the same functions from the same
+    # integer symbols (z_hat = symbols + medians is forward's rint(z - m) + m), so exact
     np.testing.assert_array_equal(decoded, to_uint8(np.clip(out["x_hat"], 0, 1)))
     est = sum(-np.log2(lik.astype(np.float64)).sum() for lik in out["likelihoods"].values()) / (H * W)
     rd.append((q, len(data), stats.bpp, stats.payload_bpp, est, psnr_uint8(image, decoded)))
@@ -114,7 +97,7 @@ for q, n, bpp, pay, est, p in rd:
     ax.annotate(f"q{q}", (pay, p), textcoords="offset points", xytext=(4, -10))
 ax.set(xlabel="bpp (payload)", ylabel="PSNR (dB)", title="minstf STF-small on the sample photo")
 fig.tight_layout()
-show(fig, "rd")
+lesson.show(fig, "rd")
 
 # %% [markdown]
 # ## 2. Where the bits go
@@ -126,7 +109,7 @@ show(fig, "rd")
 # %%
 model, out = models[2], outs[2]
 bits_y = -np.log2(out["likelihoods"]["y"].astype(np.float64))[0].sum(axis=0)  # (M, H4, W4) -> (H4, W4)
-bits_z = -np.log2(out["likelihoods"]["z"].astype(np.float64))[0].sum(axis=0)  # (Cz, h, w) -> (h, w)
+bits_z = -np.log2(out["likelihoods"]["z"].astype(np.float64))[0].sum(axis=0)  # (N_z, h, w) -> (h, w)
 d = model.config.downsampling  # 16
 bpp_map = (np.kron(bits_y, np.ones((d, d))) / d**2  # (H4, W4) -> (H, W): each value over a d x d block
            + np.kron(bits_z, np.ones((4 * d, 4 * d))) / (4 * d) ** 2)
@@ -144,14 +127,14 @@ fig.colorbar(im, ax=ax[1], shrink=0.8)
 for a in ax:
     a.axis("off")
 fig.tight_layout()
-show(fig, "bit_allocation")
+lesson.show(fig, "bit_allocation")
 
 # %% [markdown]
 # ## 3. Why decoding on another machine can fail
 #
 # The decoder recomputes `mu` and `scale` itself — same weights, but its own BLAS, CPU or
 # GPU, so its floats may differ from the encoder's in the last bits. Floats that differ a
-# little are harmless; **decisions** that differ are not. The decisions (ENTROPY.md §7):
+# little are harmless; **decisions** that differ are not. The decisions (docs/entropy.md §7):
 #
 # * `round(y − mu)` — made by the encoder only; the decoder reads the symbol;
 # * `build_indexes(scale)` — made by **both**: the table row a symbol was coded with must be
@@ -173,21 +156,21 @@ def my_compress(model, x, tweak=None, record=None):
     """(1, 3, H, W) -> Compressed, as model.compress (float32). record: dict of per-slice lists."""
     c, p = model.config, model.params
     y = g_a(x.transpose(0, 2, 3, 1), p, c)  # (1, H, W, 3) -> (1, H4, W4, M)
-    z = h_a(y, p, c)  # -> (1, h, w, Cz)
-    z_symbols = quantize_symbols(z, model.medians)  # (1, h, w, Cz) int32
-    z_flat = channel_first_flat(z_symbols)  # (Cz*h*w,)
+    z = h_a(y, p, c)  # -> (1, h, w, N_z)
+    z_symbols = quantize_symbols(z, model.medians)  # (1, h, w, N_z) int32
+    z_flat = channel_first_flat(z_symbols)  # (N_z*h*w,)
     z_encoder = SymbolEncoder()
     z_encoder.add(z_flat, z_rows(model, z.shape), model.eb_table)
     z_hat = z_symbols.astype(np.float32) + model.medians
     latent_means, latent_scales = h_mean_s(z_hat, p, c), h_scale_s(z_hat, p, c)  # (1, H4, W4, M) each
     y_encoder, crcs = SymbolEncoder(), []
 
-    def quantize(s, mu, scale):  # mu, scale: (1, H4, W4, S)
+    def quantize(s, mu, scale):  # mu, scale: (1, H4, W4, Cs)
         if tweak is not None:
             mu, scale = tweak(s, mu, scale)
         symbols = quantize_symbols(slice_of(y, s, c), mu)  # decision 1: round(y - mu)
         index = build_indexes(scale)  # decision 2: the table row
-        flat = channel_first_flat(symbols)  # (S*H4*W4,)
+        flat = channel_first_flat(symbols)  # (Cs*H4*W4,)
         y_encoder.add(flat, channel_first_flat(index), model.gc_table)
         crcs.append(symbols_crc(flat))
         if record is not None:
@@ -208,7 +191,7 @@ def my_decompress(model, comp, tweak=None, check=True):
     H4, W4 = comp.y_shape
     z_shape = (1, H4 // 4, W4 // 4, c.N_z)
     z_flat = SymbolDecoder(comp.z_string).read(z_rows(model, z_shape), model.eb_table)
-    z_hat = from_channel_first_flat(z_flat, z_shape).astype(np.float32) + model.medians  # (1, h, w, Cz)
+    z_hat = from_channel_first_flat(z_flat, z_shape).astype(np.float32) + model.medians  # (1, h, w, N_z)
     latent_means, latent_scales = h_mean_s(z_hat, p, c), h_scale_s(z_hat, p, c)
     y_decoder = SymbolDecoder(comp.y_string)
 
@@ -216,10 +199,10 @@ def my_decompress(model, comp, tweak=None, check=True):
         if tweak is not None:
             mu, scale = tweak(s, mu, scale)
         index = channel_first_flat(build_indexes(scale))  # the decoder's own decision 2
-        flat = y_decoder.read(index, model.gc_table)  # (S*H4*W4,)
+        flat = y_decoder.read(index, model.gc_table)  # (Cs*H4*W4,)
         if check:
             check_symbols(flat, comp.slice_crcs[s], f"y slice {s}")  # raises DecoderMismatch
-        return from_channel_first_flat(flat, mu.shape)  # -> (1, H4, W4, S)
+        return from_channel_first_flat(flat, mu.shape)  # -> (1, H4, W4, Cs)
 
     y_hat = run_slices(latent_means, latent_scales, p, c, dequantize)  # (1, H4, W4, M)
     return np.clip(g_s(y_hat, p, c), 0, 1).transpose(0, 3, 1, 2)  # (1, H, W, 3) -> (1, 3, H, W)
@@ -228,8 +211,11 @@ def my_decompress(model, comp, tweak=None, check=True):
 ref = model.compress(x)
 record = {}
 mine = my_compress(model, x, record=record)
+# my_compress calls the library's functions in compress()'s order on the same layer and the same
+# input: one code path, so its decisions, and with them the strings and CRCs, must be identical
 assert mine == ref, "my_compress must equal model.compress: strings and CRCs"
 correct = model.decompress(ref)  # (1, 3, H, W): what the encoder's machine decodes
+# decoding the strings of one code path with the same functions: exact
 np.testing.assert_array_equal(my_decompress(model, mine), correct)
 print(f"my_compress == model.compress ({len(ref.z_string)} + {len(ref.y_string)} bytes), "
       f"my_decompress == model.decompress")
@@ -357,7 +343,7 @@ if garbage is not None:
     for a in ax:
         a.axis("off")
     fig.tight_layout()
-    show(fig, "drift")
+    lesson.show(fig, "drift")
 
 # %% [markdown]
 # ## 4. Defence 1: the portable float64 mode
@@ -454,8 +440,14 @@ for what, where in [("header", 12), ("payload", len(data) - 3)]:
 #
 # 1. Pick element e in the *last* slice instead of slice 0 in the drifted-decoder demo. Which
 #    slices decode correctly now, and why is the error still caught?
+#    *Hint:* slices decode in order and only later slices depend on earlier ones, so every slice
+#    before the last is right; the last slice's CRC in the header catches it.
 # 2. Add the z bits to the bit-allocation map separately: where in the photo does the side
 #    information matter most?
+#    *Hint:* `-np.log2(outs[2]["likelihoods"]["z"])` summed over channels is `(zh, zw)`; one z
+#    position covers 64×64 pixels (`np.kron` with a 64×64 block of ones, divided by 4096).
 # 3. Simulate a float32 "other machine" honestly: compute `mu`, `scale` with the slice networks
 #    in float64 and cast to float32, and decode a float32-mode stream with them. Did any index
 #    change? Repeat on 64×64 crops until one does.
+#    *Hint:* `model.entropy_params(True)` gives float64 weights; pass a `tweak` to `my_decompress`
+#    that replaces `mu, scale` with the float64 slice networks' output cast to float32.

@@ -16,7 +16,7 @@
 # How do we know minstf computes STF correctly? Tests of single functions catch many bugs,
 # but not a misread of the paper's block diagram. The strongest check is a second,
 # **independent** implementation of the same spec: `minstf/mirror/stf_torch.py` is STF
-# written in PyTorch from `STF.md` / `ENTROPY.md` (the same spec minstf was written from,
+# written in PyTorch from the spec (docs/architecture.md, docs/entropy.md; the same spec minstf was written from,
 # not from minstf's code), with upstream's parameter names and layouts. Load the same weights
 # into both, feed the same image, and compare every stage:
 #
@@ -31,19 +31,18 @@
 # (with a message) where torch is not installed.
 
 # %%
-import os
 import time
-from importlib.resources import files
 
+import _lesson as lesson  # lessons/_lesson.py: fast mode, the sample photo
 import numpy as np
 
 import minstf
 from minstf import entropy_models as em
-from minstf.image import read_image, to_float
+from minstf.image import to_float
 from minstf.slices import run_slices, slice_of
 from minstf.transforms import g_a, g_s, h_a, h_mean_s, h_scale_s
 
-FAST = os.environ.get("MINSTF_LESSONS_FAST") == "1"
+FAST = lesson.FAST
 
 try:
     import torch
@@ -54,9 +53,7 @@ except ImportError:
 
 model = minstf.load_model(quality=2)
 cfg, params = model.config, model.params
-image = read_image(str(files("minstf") / "data" / "sample.png"))  # uint8 (H, W, 3)
-if FAST:
-    image = image[:128, :192]
+image = lesson.sample_image((slice(0, 128), slice(0, 192)) if FAST else None)  # uint8 (H, W, 3)
 x = to_float(image)  # (1, 3, H, W) float32
 print(model.name, "| image", image.shape)
 
@@ -103,14 +100,14 @@ t0 = time.perf_counter()
 taps32 = {}
 out32 = model.forward(x, taps=taps32)
 t_minstf = time.perf_counter() - t0
-z_sym32 = np.rint(taps32["z"] - model.medians)  # (1, h, w, Cz) float
+z_sym32 = np.rint(taps32["z"] - model.medians)  # (1, h, w, N_z) float
 y_sym32 = np.rint(taps32["y"] - taps32["mu"])  # (1, H4, W4, M) float
 
 p64 = {k: v.astype(np.float64) for k, v in params.items()}
 med64 = model.medians.astype(np.float64)
 taps64 = {}
 y64 = g_a(x.transpose(0, 2, 3, 1).astype(np.float64), p64, cfg, taps64)  # (1, H, W, 3) -> (1, H4, W4, M)
-z64 = h_a(y64, p64, cfg)  # -> (1, h, w, Cz)
+z64 = h_a(y64, p64, cfg)  # -> (1, h, w, N_z)
 z_hat64 = z_sym32 + med64  # teacher-forced z symbols
 lm64, ls64 = h_mean_s(z_hat64, p64, cfg), h_scale_s(z_hat64, p64, cfg)  # (1, H4, W4, M) each
 y_hat64 = run_slices(lm64, ls64, p64, cfg, quantize=lambda s, mu, scale: slice_of(y_sym32, s, cfg), taps=taps64)
@@ -137,12 +134,12 @@ STAGES = (["patch_embed"] + [f"enc{i}_out" for i in range(len(cfg.depths))]
 def minstf_stages(taps, x_hat, lik_z, lik_y):
     d = {name: taps[name] for name in STAGES if name in taps}
     d["x_hat"] = x_hat  # (1, 3, H, W)
-    d["bits_z"] = -np.log2(lik_z)  # (1, Cz, h, w)
+    d["bits_z"] = -np.log2(lik_z)  # (1, N_z, h, w)
     d["bits_y"] = -np.log2(lik_y)  # (1, M, H4, W4)
     return d
 
 
-lik_z64 = np.maximum(em.eb_likelihood(z64, model.eb), 1e-9).transpose(0, 3, 1, 2)  # (1, h, w, Cz) -> NCHW
+lik_z64 = np.maximum(em.eb_likelihood(z64, model.eb), 1e-9).transpose(0, 3, 1, 2)  # (1, h, w, N_z) -> NCHW
 lik_y64 = em.gc_likelihood(y64, taps64["scale"], taps64["mu"]).transpose(0, 3, 1, 2)  # -> (1, M, H4, W4)
 ours = minstf_stages(taps32, out32["x_hat"], out32["likelihoods"]["z"], out32["likelihoods"]["y"])
 truth = minstf_stages(taps64, x_hat64.transpose(0, 3, 1, 2), lik_z64, lik_y64)
@@ -198,7 +195,7 @@ if torch is not None:
 if torch is not None:
     sym_t = tt["symbols"].transpose(0, 2, 3, 1)  # (1, M, H4, W4) -> (1, H4, W4, M) int32
     idx_t = tt["index"].transpose(0, 2, 3, 1)
-    z_sym_t = np.rint(tt["z"].transpose(0, 2, 3, 1) - model.medians)  # (1, Cz, h, w) -> (1, h, w, Cz)
+    z_sym_t = np.rint(tt["z"].transpose(0, 2, 3, 1) - model.medians)  # (1, N_z, h, w) -> (1, h, w, N_z)
     idx32 = em.build_indexes(taps32["scale"])
     for what, a, b in [("z symbols", z_sym32, z_sym_t), ("y symbols", y_sym32, sym_t), ("scale indexes", idx32, idx_t)]:
         print(f"{what:14s}: {int(np.sum(a != b))} of {a.size} differ")
@@ -212,7 +209,7 @@ if torch is not None:
     near_entry = np.min(np.abs(s[..., None] - em.SCALE_TABLE[:-1]) / em.SCALE_TABLE[:-1], axis=-1)
     assert np.all(near_half[flipped] < 1e-4), "a y symbol differs away from any rounding boundary: a bug"
     assert np.all(near_entry[idx32 != idx_t] < 1e-4), "an index differs away from any table entry: a bug"
-    assert np.array_equal(z_sym32, z_sym_t)
+    lesson.rounding_agrees("z symbols, minstf vs torch", z_sym32, z_sym_t, taps32["z"] - model.medians, noise=1e-4)
     FLIPPED = bool(flipped.any())
 
 # %% [markdown]
@@ -259,7 +256,13 @@ if torch is not None:
 #
 # 1. Plant a bug in the mirror: `for m in mirror.modules(): if isinstance(m, torch.nn.GELU):
 #    m.approximate = "tanh"` (picoGPT's GELU). Which stage is the first NOT OK, and by how much?
+#    *Hint:* the tanh form differs from the erf form by up to 4.7e-4 (near |x| ≈ 2.7), far above
+#    float32 noise: expect the first encoder block to fail.
 # 2. Run the mirror in float64 (`STFTorch(cfg).double()`, `load_params`, input as float64) and
 #    compare it with the float64 reference: how close are two float64 programs?
+#    *Hint:* use `relative_diff` as above; expect ~1e-15 .. 1e-13, the float64 analogue of the
+#    float32 table (docs/determinism.md §2 relies on it).
 # 3. Run on the full-size photo and on a 64×64 crop. Does the relative error at `x_hat` depend
 #    on the image size? Why (think of the attention and convolution sums)?
+#    *Hint:* the sums inside each layer have the same lengths at any image size (windows of 16
+#    tokens, 3×3 kernels); only the number of elements, so the chance of an outlier, grows.
