@@ -83,7 +83,7 @@ def _weights(weights, quality):
 
 def _load(path, backend, kernels, verbose):
     t = time.perf_counter()
-    model = load_model(path, backend=backend, **({} if kernels == "fast" else {"kernels": kernels}))
+    model = load_model(path, backend=backend, kernels=kernels)
     if verbose:
         _say(f"weights {path} (fingerprint {model.fingerprint[:12]}…), backend {backend}, kernels {kernels}, "
              f"loaded in {time.perf_counter() - t:.2f} s")

@@ -281,7 +281,7 @@ def _into_a_closed_pipe(args, shipped):
 
 def test_broken_pipe_ends_quietly(tmp_path, mstf, shipped):
     src = png_file(tmp_path / "in.png")
-    for args in (["decode", mstf[0], "-o", "-"], ["demo", src], ["info", mstf[0]], ["encode", src, "-o", "-"]):
+    for args in (["decode", mstf[0], "-o", "-"], ["demo", src], ["info", mstf[0]]):   # binary, text, text
         r = _into_a_closed_pipe(args, shipped)
         assert r.returncode in (0, 141) and r.stderr == "", (args, r.returncode, r.stderr)
 
@@ -355,7 +355,7 @@ def test_help_alias_and_kernels_option(tmp_path, mstf, monkeypatch):
     assert run("decode", mstf[0], "-o", tmp_path / "x.png").exit_code == 0
     r = run("decode", mstf[0], "-o", tmp_path / "y.png", "--kernels", "reference")
     assert r.exit_code == 0, r.output
-    assert seen[0].get("kernels", "fast") == "fast" and seen[1]["kernels"] == "reference"
+    assert seen[0]["kernels"] == "fast" and seen[1]["kernels"] == "reference"
     assert run("decode", mstf[0], "-o", tmp_path / "z.png", "--kernels", "slow").exit_code == 2
 
 
