@@ -116,7 +116,7 @@ for r in (0, 20, 63):
 # (24 bits); from `f / 65536` it gets our frequencies back up to a negligible change — the
 # cost below stays within a constant few dozen bits of the table's ideal, however many
 # symbols are coded. What decoding needs is that encoder and decoder build the same model
-# from the same integers, with the same `perfect=False` (pass it explicitly; STYLE.md).
+# from the same integers, with the same `perfect=False` (pass it explicitly; docs/entropy.md §6.1).
 # This is `CdfTable.model(row)`:
 
 # %%

@@ -1,6 +1,6 @@
 """Read PyTorch checkpoints without PyTorch, and without running pickled code.
 
-A `torch.save` file (KEYS.md §4) is a zip archive with one top folder `<stem>/`:
+A `torch.save` file (docs/weights.md §4) is a zip archive with one top folder `<stem>/`:
 
     <stem>/data.pkl        the pickled object tree; every tensor in it is a call
                            _rebuild_tensor_v2(storage, offset, size, stride, ...)

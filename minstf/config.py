@@ -1,6 +1,6 @@
 """The STF configuration: every size of the network in one frozen dataclass.
 
-The defaults are upstream's `SymmetricalTransFormer()` (STF.md §1). Smaller
+The defaults are upstream's `SymmetricalTransFormer()` (docs/architecture.md §1). Smaller
 configurations run through exactly the same code; only the widths change.
 
 Channel widths that upstream hard-codes for embed_dim = 48 are derived here so
@@ -127,7 +127,7 @@ class STFConfig:
 
     @property
     def pad_multiple(self):
-        """Image sizes must be multiples of this (4 * downsampling = 64, STF.md §4)."""
+        """Image sizes must be multiples of this (4 * downsampling = 64, docs/architecture.md §4)."""
         return 4 * self.downsampling
 
     @property

@@ -4,7 +4,7 @@
     safetensors state dict          ─┴─> rename keys -> infer config -> check alignment
                                          -> float32 params -> CDF tables -> save_weights
 
-Upstream checkpoints come in several layouts (KEYS.md §4): a training checkpoint
+Upstream checkpoints come in several layouts (docs/weights.md §4): a training checkpoint
 `{"state_dict": ..., "optimizer": ...}` or a bare state dict, with or without
 nn.DataParallel's `module.` prefix, with the entropy bottleneck's density network
 named as in the STF fork (`_matrix0`) or as in CompressAI (`matrices.0`,

@@ -1,6 +1,6 @@
 """Entropy models: the factorized prior for z and the Gaussian conditional for y.
 
-Both models do three jobs (spec ENTROPY.md):
+Both models do three jobs (docs/entropy.md):
 
     likelihoods  ->  rate term of forward()                 (float32, NumPy or CuPy)
     CDF tables   ->  integer frequencies for the coder      (host, once per weight file)
@@ -32,7 +32,7 @@ GC_MULTIPLIER = 6.1094102048693975      # -Phi^-1(TAIL_MASS / 2), scipy norm.ppf
 _PHI_C = np.float32(-(2 ** -0.5))       # Phi(x) = 0.5 * erfc(-x / sqrt 2), constant in float32
 
 # The 64 scales of the GC table, log-spaced from 0.11 to 256. Taken as literal
-# float32 bits (ENTROPY.md §4.6): torch's float32 exp(linspace(...)) is not
+# float32 bits (docs/entropy.md §4.6): torch's float32 exp(linspace(...)) is not
 # bit-reproducible with NumPy, and one flipped bit moves scales between rows.
 _SCALE_TABLE_BITS = [
     0x3de147ae, 0x3dfec793, 0x3e101230, 0x3e22efc7, 0x3e3845c8, 0x3e506704, 0x3e6bb124, 0x3e85470a,
@@ -48,7 +48,7 @@ SCALE_TABLE = np.array(_SCALE_TABLE_BITS, dtype=np.uint32).view(np.float32)  # (
 
 
 # ---------------------------------------------------------------------------
-# Probabilities -> integer CDF (ENTROPY.md §5)
+# Probabilities -> integer CDF (docs/entropy.md §5)
 
 def pmf_to_quantized_cdf(pmf, precision=PRECISION):
     """Quantize probabilities to integer frequencies summing to 2**precision.
@@ -109,7 +109,7 @@ def _sigmoid(x):
 
 
 # ---------------------------------------------------------------------------
-# EntropyBottleneck: a learned CDF per channel (ENTROPY.md §3)
+# EntropyBottleneck: a learned CDF per channel (docs/entropy.md §3)
 
 def eb_logits_cumulative(v, eb):
     """Logit of the learned CDF of every channel, at the sample points `v`.
@@ -172,7 +172,7 @@ def eb_likelihood(z, eb):
 
 
 def eb_pmf(eb):
-    """The EB probabilities that go into the z CDF table (ENTROPY.md §3.5), host float32.
+    """The EB probabilities that go into the z CDF table (docs/entropy.md §3.5), host float32.
 
     Every channel is sampled at the same number of points max_length, starting
     at median - minima; only the first pmf_length[c] samples are used.
@@ -209,7 +209,7 @@ def eb_tables(eb):
 
 
 # ---------------------------------------------------------------------------
-# GaussianConditional: N(mu, scale) integrated over unit bins (ENTROPY.md §4)
+# GaussianConditional: N(mu, scale) integrated over unit bins (docs/entropy.md §4)
 
 def _phi(x):
     """Standard normal CDF in float32: 0.5 * erfc(-x / sqrt 2)."""
@@ -231,7 +231,7 @@ def gc_likelihood(y, scales, means):
 
 
 def gc_pmf():
-    """The GC probabilities per scale-table row (ENTROPY.md §4.3), host float32.
+    """The GC probabilities per scale-table row (docs/entropy.md §4.3), host float32.
 
     float32 arithmetic throughout, except erfc, evaluated in float64 and rounded
     to float32: this reproduces upstream's 64 table rows exactly.

@@ -1,6 +1,6 @@
 """Images in and out, the evaluation padding, and the quality metrics.
 
-The conventions are upstream's evaluation script (STF.md §7): an image is read
+The conventions are upstream's evaluation script (docs/architecture.md §7): an image is read
 with Pillow as 8-bit RGB, becomes a float32 array (1, 3, H, W) = value / 255
 (torchvision's ToTensor), is padded with zeros to a multiple of 64 (centered,
 the odd pixel right/bottom), coded, and cropped back. PSNR is measured on the
@@ -174,7 +174,7 @@ def to_uint8(x):
 
 def eval_padding(h, w, multiple=64):
     """(left, top, right, bottom) zero padding to the next multiple, centered; the extra
-    pixel of an odd difference goes right/bottom (STF.md §7)."""
+    pixel of an odd difference goes right/bottom (docs/architecture.md §7)."""
     new_h = -(-h // multiple) * multiple
     new_w = -(-w // multiple) * multiple
     left, top = (new_w - w) // 2, (new_h - h) // 2

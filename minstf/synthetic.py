@@ -1,4 +1,4 @@
-"""Synthetic weights from the golden recipe (spec GOLDEN.md §1).
+"""Synthetic weights from the golden recipe (docs/golden.md §1).
 
 Upstream's golden test vector was produced with weights that anyone can
 regenerate in plain NumPy: one PCG64 generator per parameter, seeded with
@@ -70,5 +70,5 @@ def recipe_weights(config: STFConfig = STFConfig()):
 
 
 def sha256_of(array):
-    """SHA-256 of an array's float32 little-endian bytes (GOLDEN.md §1 step 4)."""
+    """SHA-256 of an array's float32 little-endian bytes (docs/golden.md §1 step 4)."""
     return hashlib.sha256(np.ascontiguousarray(array, dtype="<f4").tobytes()).hexdigest()

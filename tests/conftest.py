@@ -43,7 +43,7 @@ def golden():
 
 @pytest.fixture(scope="session")
 def golden_params():
-    """The recipe weights of GOLDEN.md §1, verified against the per-key SHA-256 list."""
+    """The recipe weights of docs/golden.md §1, verified against the per-key SHA-256 list."""
     params = recipe_weights(STFConfig())
     rows = [line.rstrip("\n").split("\t") for line in open(FIXTURES / "weights_sha256.tsv")][1:]
     bad = [key for key, _, digest in rows if sha256_of(params[key]) != digest]

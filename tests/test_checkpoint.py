@@ -63,7 +63,7 @@ def torch_state_dict(params, config=SMALL, prefix="", eb_names="_matrix", tables
 
 
 def save_checkpoint(path, state_dict, training=True):
-    """torch.save like upstream train.py (KEYS.md §4), or a bare state dict."""
+    """torch.save like upstream train.py (docs/weights.md §4), or a bare state dict."""
     if not training:
         torch.save(state_dict, path)
         return

@@ -1,4 +1,4 @@
-"""Entropy models against the golden vector (GOLDEN.md §4.1, §4.3, §5)."""
+"""Entropy models against the golden vector (docs/golden.md §4.1, §4.3, §5)."""
 import numpy as np
 import pytest
 
@@ -25,14 +25,14 @@ def eb(golden_params):
 # --- pmf_to_quantized_cdf -------------------------------------------------------------
 
 def test_quantized_cdf_spec_example():
-    # ENTROPY.md §5: scale row 0, pmf * 65536 = (0.18, 65535.64, 0.18), tail 1.6e-37
+    # docs/entropy.md §5: scale row 0, pmf * 65536 = (0.18, 65535.64, 0.18), tail 1.6e-37
     pmf = np.array([0.18, 65535.64, 0.18], dtype=np.float32) / np.float32(65536)
     cdf = em.pmf_to_quantized_cdf(np.append(pmf, np.float32(1.6e-37)))
     assert cdf.tolist() == [0, 1, 65534, 65535, 65536]
 
 
 def _reference_cdf(pmf):
-    """ENTROPY.md §5 step by step, with the literal sequential zero-frequency repair."""
+    """docs/entropy.md §5 step by step, with the literal sequential zero-frequency repair."""
     x = pmf.astype(np.float32) * np.float32(65536)
     f = [0] + [int(np.floor(float(v) + 0.5)) for v in x]
     total = sum(f)
@@ -155,8 +155,8 @@ def test_eb_tables_from_weights(eb, golden):
     # round-half-away-from-zero then rounds up; our pmf, one ulp away, may round
     # down, and the renormalisation shifts the rest of that row by one. Those
     # rows are decided by float32 noise (even upstream's CPU and GPU tables may
-    # disagree there: ENTROPY.md §7), which is why the tables are stored in the
-    # weight file. GOLDEN.md §5 names rows 71 and 183 for its NumPy port; the
+    # disagree there: docs/entropy.md §7), which is why the tables are stored in the
+    # weight file. docs/golden.md §5 names rows 71 and 183 for its NumPy port; the
     # golden pmf has exact ties in rows 5, 46, 71, 183 and we differ in 5 and 71.
     ties = set()
     for r, n in enumerate(golden["eb_pmf_length"]):

@@ -241,7 +241,7 @@ def test_to_uint8_clips_and_rounds_half_to_even():
 # --- padding ------------------------------------------------------------------------
 
 def test_eval_padding_golden_and_multiples():
-    assert eval_padding(121, 183) == (4, 3, 5, 4)           # STF.md golden input B -> 128x192
+    assert eval_padding(121, 183) == (4, 3, 5, 4)           # docs/golden.md §2 input B -> 128x192
     assert eval_padding(128, 192) == (0, 0, 0, 0)
     assert eval_padding(64, 64) == (0, 0, 0, 0)
     assert eval_padding(1, 1) == (31, 31, 32, 32)

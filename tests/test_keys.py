@@ -1,4 +1,4 @@
-"""The key inventory and the weight recipe against the upstream facts (KEYS.md, GOLDEN.md §1)."""
+"""The key inventory and the weight recipe against the upstream facts (docs/weights.md, docs/golden.md §1)."""
 import numpy as np
 import pytest
 
@@ -20,7 +20,7 @@ def test_state_dict_spec_matches_upstream_keys_tsv():
 
 def test_parameter_count_is_upstreams():
     total = sum(int(np.prod(s.shape)) for s in param_spec(STFConfig()))
-    assert total == 99_855_639  # KEYS.md §1
+    assert total == 99_855_639  # docs/weights.md §1
 
 
 def test_recipe_weights_match_golden_checksums(golden_params):

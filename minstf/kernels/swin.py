@@ -113,7 +113,7 @@ def window_token_index(H, W, ws, shift, xp=np):
     -shift, in window_partition order; -1 where the place is padding (Hp, Wp > H, W).
 
     Gathering tokens by this index does pad + roll + window_partition in one copy, and
-    writing back through it does window_reverse + roll back + crop (STF.md §2.2-2.5).
+    writing back through it does window_reverse + roll back + crop (docs/architecture.md §2.2-2.5).
     """
     Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
     r = (xp.arange(Hp) + shift) % Hp  # rolled row i shows row (i + shift) mod Hp
@@ -123,7 +123,7 @@ def window_token_index(H, W, ws, shift, xp=np):
 
 
 def swin_block(x, H, W, params, prefix, num_heads, ws, shift=0, mask=None):
-    """One Swin block: (shifted) window attention and an MLP, each with a residual (STF.md §2.6).
+    """One Swin block: (shifted) window attention and an MLP, each with a residual (docs/architecture.md §2.6).
 
     Args: x tokens (B, H*W, C); shift 0 or ws//2; mask (nW, N, N) when shift > 0.
     Returns: tokens (B, H*W, C), a new array.

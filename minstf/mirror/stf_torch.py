@@ -1,4 +1,4 @@
-"""STF in PyTorch, written from spec/STF.md and spec/ENTROPY.md — the mirror of minstf.
+"""STF in PyTorch, written from docs/architecture.md and docs/entropy.md — the mirror of minstf.
 
 An independent, compact re-implementation of upstream's `SymmetricalTransFormer`
 used as the oracle in cross-check tests, as the training engine for minstf's
@@ -6,7 +6,7 @@ default weights and as the speed yardstick. Every width comes from an
 `STFConfig`; `state_dict()` has exactly the keys, shapes, dtypes and order of
 `minstf.keys.state_dict_spec(config)`.
 
-Data flow (forward; STF.md §6.1):
+Data flow (forward; docs/architecture.md §6.1):
 
     x ─ g_a ─> y ─ h_a ─> z ─ Q ─> z_hat ─ h_mean_s ─> latent_means ─┐
                  │            │          └ h_scale_s ─> latent_scales ┤
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..config import STFConfig
 from ..keys import TABLE_BUFFERS, slice_in_channels, slice_network_widths, state_dict_spec
 
-# ENTROPY.md §4.6: the exact float32 scale table (bit patterns), lower scale bound and likelihood bound.
+# docs/entropy.md §4.6: the exact float32 scale table (bit patterns), lower scale bound and likelihood bound.
 SCALE_TABLE_BITS = (
     0x3de147ae, 0x3dfec793, 0x3e101230, 0x3e22efc7, 0x3e3845c8, 0x3e506704, 0x3e6bb124, 0x3e85470a,
     0x3e96bacd, 0x3eaa779a, 0x3ec0ca0e, 0x3eda08ca, 0x3ef695cc, 0x3f0b6ff2, 0x3f1db234, 0x3f325889,
@@ -99,7 +99,7 @@ def nchw_to_tokens(x):
     return x.flatten(2).transpose(1, 2)
 
 
-# --------------------------------------------------------------------------- windows (STF.md §2.2-2.5)
+# --------------------------------------------------------------------------- windows (docs/architecture.md §2.2-2.5)
 
 def window_partition(x, ws):
     """(B, Hp, Wp, C) -> (B*nW, ws*ws, C); windows row-major, tokens row-major inside."""
@@ -286,7 +286,7 @@ def hyper_synthesis(c):
 # --------------------------------------------------------------------------- entropy models
 
 class EntropyBottleneck(nn.Module):
-    """Factorized prior for z (ENTROPY.md §3), STF-fork parameter names and sign trick."""
+    """Factorized prior for z (docs/entropy.md §3), STF-fork parameter names and sign trick."""
 
     def __init__(self, channels, filters=(3, 3, 3, 3), init_scale=10.0, tail_mass=TAIL_MASS):
         super().__init__()
@@ -336,13 +336,13 @@ class EntropyBottleneck(nn.Module):
         return lik.reshape(C, B, h, w).transpose(0, 1)
 
     def aux_loss(self):
-        """Pull the quantiles to the CDF logits (-t, 0, t) (ENTROPY.md §3.7)."""
+        """Pull the quantiles to the CDF logits (-t, 0, t) (docs/entropy.md §3.7)."""
         logits = self.logits_cumulative(self.quantiles, stop_gradient=True)
         return torch.abs(logits - self.target).sum()
 
 
 class GaussianConditional(nn.Module):
-    """Conditional Gaussian for y (ENTROPY.md §4); the CDF tables are not built here."""
+    """Conditional Gaussian for y (docs/entropy.md §4); the CDF tables are not built here."""
 
     def __init__(self):
         super().__init__()
@@ -367,7 +367,7 @@ class GaussianConditional(nn.Module):
 
 
 def build_indexes(scales):
-    """Scale bucket: smallest k with SCALE_TABLE[k] >= max(scale, 0.11), 63 if none (ENTROPY.md §4.4)."""
+    """Scale bucket: smallest k with SCALE_TABLE[k] >= max(scale, 0.11), 63 if none (docs/entropy.md §4.4)."""
     table = torch.as_tensor(SCALE_TABLE[:-1], device=scales.device)
     s = torch.clamp_min(scales, float(SCALE_BOUND))
     return torch.searchsorted(table, s.contiguous(), right=False).to(torch.int32)
@@ -446,7 +446,7 @@ class STFTorch(nn.Module):
         return self.end_conv(x if self.training else x.contiguous())  # bit-exact upstream algorithm in eval
 
     def slice_loop(self, y, latent_means, latent_scales, taps=None):
-        """STF.md §5: returns y_hat and the y likelihoods, both (B, M, H4, W4)."""
+        """docs/architecture.md §5: returns y_hat and the y likelihoods, both (B, M, H4, W4)."""
         c = self.config
         H4, W4 = y.shape[2:]
         y_hat_slices, liks, rec = [], [], {k: [] for k in ("mu", "scale", "lrp_raw", "y_hat_pre_lrp")}

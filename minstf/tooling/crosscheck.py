@@ -284,7 +284,7 @@ def coded_from_symbols(model, z_symbols, y_symbols, y_indexes, portable=False):
 
 
 def check_size(config, H, W):
-    """The slice loop needs a latent (ceil(H/16), ceil(W/16)) of multiples of 4 (STF.md §4)."""
+    """The slice loop needs a latent (ceil(H/16), ceil(W/16)) of multiples of 4 (docs/architecture.md §4)."""
     d = config.downsampling
     H4, W4 = -(-H // d), -(-W // d)
     if H4 % 4 or W4 % 4:

@@ -8,11 +8,11 @@
     format_table, bd_report, plot_rd    what `minstf eval` prints and draws
 
 What each number is (per image; a rate point reports the arithmetic mean over the images,
-as CompressAI's eval_model does, STF.md §7):
+as CompressAI's eval_model does, docs/architecture.md §7):
 
     bpp             8 * bytes of the whole file / (h * w): the .mstf file with its header,
                     or the JPEG/WebP/AVIF file as Pillow writes it
-    payload-bpp     minstf: the z and y strings only, upstream's bpp (STF.md §7)
+    payload-bpp     minstf: the z and y strings only, upstream's bpp (docs/architecture.md §7)
     estimated-bpp   minstf: sum of -log2(likelihoods) of y and z from forward() on the
                     padded image, over the ORIGINAL h * w
     psnr-rgb        the headline PSNR: 8-bit RGB original vs the 8-bit decoded image (PNG)
