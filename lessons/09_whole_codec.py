@@ -229,7 +229,7 @@ print(f"my_compress == model.compress ({len(ref.z_string)} + {len(ref.y_string)}
 # %%
 c = model.config
 y_full = record["y"]  # (1, H4, W4, M): the encoder's y
-mu0 = record["mu"][0]  # (1, H4, W4, S): slice 0's mu
+mu0 = record["mu"][0]  # (1, H4, W4, Cs): slice 0's mu
 e = np.unravel_index(np.argmax(np.abs(mu0)), mu0.shape)  # (batch, row, column, channel) with the largest |mu|
 y_e = y_full[e]
 k = np.rint(y_e - mu0[e])  # the symbol this element got
@@ -294,7 +294,7 @@ assert rec_lo["symbols"][0][e] != rec_hi["symbols"][0][e]
 # after it is wrong.
 
 # %%
-index0 = record["index"][0]  # (1, H4, W4, S)
+index0 = record["index"][0]  # (1, H4, W4, Cs)
 e = np.unravel_index(np.argmax(index0 < 63), index0.shape)  # the first element not in the last row
 t_e = int(index0[e])
 on_entry, one_ulp_up = SCALE_TABLE[t_e], np.nextafter(SCALE_TABLE[t_e], np.float32(np.inf))

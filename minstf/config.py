@@ -10,7 +10,7 @@ that they scale with `embed_dim` (e = embed_dim):
     z (hyper-latent)    4e   = 192
     h_a                 8e -> 8e -> 7e -> 6e (stride 2) -> 5e -> 4e (stride 2)
     h_mean_s/h_scale_s  4e -> 5e -> 6e (x2 up) -> 7e -> 8e (x2 up) -> 8e
-    slice networks      M + S*k -> slice_hidden[0..3] -> S   (S = M / num_slices)
+    slice networks      M + Cs*k -> slice_hidden[0..3] -> Cs   (Cs = M / S, S = num_slices)
 
 Ranges
 ------

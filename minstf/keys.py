@@ -79,16 +79,16 @@ def _linear_norm(prefix, cin, cout, norm_dim):
 
 
 def slice_network_widths(config: STFConfig, in_channels: int):
-    """(in, h0, h1, h2, h3, S): the five 3x3 convolutions of one slice network."""
+    """(in, h0, h1, h2, h3, Cs): the five 3x3 convolutions of one slice network."""
     return (in_channels,) + tuple(config.slice_hidden) + (config.slice_channels,)
 
 
 def slice_in_channels(config: STFConfig, s: int, kind: str):
     """Input channels of slice network s: latent params + the support slices."""
-    S, k = config.slice_channels, min(s, config.max_support_slices)
+    Cs, k = config.slice_channels, min(s, config.max_support_slices)
     if kind == "lrp":  # LRP also sees the current slice
         k = min(s + 1, config.max_support_slices + 1)
-    return config.M + S * k
+    return config.M + Cs * k
 
 
 def state_dict_spec(config: STFConfig = STFConfig()):

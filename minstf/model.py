@@ -136,6 +136,8 @@ class STF:
     def compress(self, x, portable=False, taps=None):
         """Encode one image (1, 3, H, W) whose latent size is a multiple of 4 -> Compressed.
 
+        taps (optional dict) records what forward() records, the encoder's side of it.
+
         The steps, mirrored one for one by decompress():
         """
         xp, c, k = self.xp, self.config, self.k
@@ -161,7 +163,9 @@ class STF:
             crcs.append(symbols_crc(flat))  # 8. a CRC per slice, for the decoder to check
             return symbols
 
-        run_slices(latent_means, latent_scales, self.entropy_params(portable), c, quantize, taps, k)
+        y_hat = run_slices(latent_means, latent_scales, self.entropy_params(portable), c, quantize, taps, k)
+        if taps is not None:
+            taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat)
         return Compressed(z_encoder.finish(), y_encoder.finish(), tuple(y.shape[1:3]),
                           symbols_crc(z_flat), tuple(crcs), portable)
 

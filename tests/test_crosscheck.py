@@ -105,7 +105,7 @@ def test_mirror_decisions_coded_by_minstf_decode_like_minstf(small_params, monke
     model = xc.minstf_model(params, SMALL_CONFIG)
     mirror = STFTorch(SMALL_CONFIG).load_params(params).eval()
     t = mirror.taps(x)
-    z_symbols = np.rint(t["z"].transpose(0, 2, 3, 1) - model.medians).astype(np.int32)  # (1, h, w, Cz)
+    z_symbols = np.rint(t["z"].transpose(0, 2, 3, 1) - model.medians).astype(np.int32)  # (1, h, w, N_z)
     y_symbols, y_indexes = t["symbols"].transpose(0, 2, 3, 1), t["index"].transpose(0, 2, 3, 1)  # (1, H4, W4, M)
 
     from_torch = xc.coded_from_symbols(model, z_symbols, y_symbols, y_indexes)

@@ -217,7 +217,7 @@ def _torch_side(config, x, modes, threads):
                         t["gaussian_conditional._offset"])
     c = config
     xt = torch.from_numpy(x)
-    med = model.entropy_bottleneck.medians().detach().view(1, -1, 1, 1)  # (1, Cz, 1, 1)
+    med = model.entropy_bottleneck.medians().detach().view(1, -1, 1, 1)  # (1, N_z, 1, 1)
     flat = lambda a: a.contiguous().view(-1).numpy()  # noqa: E731 — NCHW C-order, minstf's symbol order
 
     def entropy_nets(dtype):
@@ -250,11 +250,11 @@ def _torch_side(config, x, modes, threads):
         z_enc.add(flat(z_symbols), _z_rows(z.shape), eb_table)
         z_hat = z_symbols.to(dtype) + med.to(dtype)
         means, scales = nets[0](z_hat), nets[1](z_hat)
-        y_enc, S = SymbolEncoder(), c.slice_channels
+        y_enc, Cs = SymbolEncoder(), c.slice_channels
         y64 = y.to(dtype)
 
         def quantize(s, mu, scale):
-            symbols = torch.round(y64[:, s * S:(s + 1) * S] - mu).to(torch.int32)
+            symbols = torch.round(y64[:, s * Cs:(s + 1) * Cs] - mu).to(torch.int32)
             y_enc.add(flat(symbols), flat(build_indexes(scale)), gc_table)
             return symbols
 
@@ -284,16 +284,16 @@ def _torch_side(config, x, modes, threads):
             nets = entropy_nets(dtype)
             z_hat = (torch.round(z - med) + med).to(dtype)
             means, scales = nets[0](z_hat), nets[1](z_hat)
-            y_d, S = y.to(dtype), c.slice_channels
+            y_d, Cs = y.to(dtype), c.slice_channels
             strings = compress(nets, dtype)
             y_hat = slice_loop(nets, means, scales,
-                               lambda s, mu, scale, y_d=y_d: torch.round(y_d[:, s * S:(s + 1) * S] - mu)).float()
+                               lambda s, mu, scale, y_d=y_d: torch.round(y_d[:, s * Cs:(s + 1) * Cs] - mu)).float()
             stages[mode] = {
                 "g_a": lambda: model.g_a(xt),
                 "h_a": lambda: model.h_a(y),
                 "hyper": lambda nets=nets, z_hat=z_hat: (nets[0](z_hat), nets[1](z_hat)),
                 "slices": lambda nets=nets, means=means, scales=scales, y_d=y_d: slice_loop(
-                    nets, means, scales, lambda s, mu, scale: torch.round(y_d[:, s * S:(s + 1) * S] - mu)),
+                    nets, means, scales, lambda s, mu, scale: torch.round(y_d[:, s * Cs:(s + 1) * Cs] - mu)),
                 "g_s": lambda y_hat=y_hat: model.g_s(y_hat),
                 "compress": lambda nets=nets, dtype=dtype: compress(nets, dtype),
                 "decompress": lambda nets=nets, dtype=dtype, strings=strings: decompress(nets, dtype, strings),

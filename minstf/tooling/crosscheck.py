@@ -239,7 +239,7 @@ def _decisions(name, ours, theirs, value, margin, label):
 def _forced_entropy_path(model, y, z_symbols, y_symbols):
     """minstf's entropy path and g_s on the mirror's decisions (teacher forcing).
 
-    y: minstf's own (B, H4, W4, M); z_symbols (B, h, w, Cz), y_symbols (B, H4, W4, M): the mirror's.
+    y: minstf's own (B, H4, W4, M); z_symbols (B, h, w, N_z), y_symbols (B, H4, W4, M): the mirror's.
     Returns (stages dict in minstf's layout, minstf's own y decisions on these inputs).
     """
     c, p = model.config, model.params
@@ -266,12 +266,12 @@ def _forced_entropy_path(model, y, z_symbols, y_symbols):
 def coded_from_symbols(model, z_symbols, y_symbols, y_indexes, portable=False):
     """A Compressed made with minstf's coder from given decisions (e.g. the mirror's), as compress makes it.
 
-    z_symbols (1, h, w, Cz); y_symbols, y_indexes (1, H4, W4, M); integer arrays, channels-last.
+    z_symbols (1, h, w, N_z); y_symbols, y_indexes (1, H4, W4, M); integer arrays, channels-last.
     """
     c = model.config
-    B, h, w, Cz = z_symbols.shape
+    B, h, w, N_z = z_symbols.shape
     z_flat = channel_first_flat(np.asarray(z_symbols, np.int32))
-    z_rows = np.broadcast_to(np.arange(Cz, dtype=np.int32)[None, :, None, None], (B, Cz, h, w)).reshape(-1)
+    z_rows = np.broadcast_to(np.arange(N_z, dtype=np.int32)[None, :, None, None], (B, N_z, h, w)).reshape(-1)
     z_encoder = SymbolEncoder()
     z_encoder.add(z_flat, z_rows, model.eb_table)  # CDF row = channel
     y_encoder, crcs = SymbolEncoder(), []
@@ -330,7 +330,7 @@ def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_tea
         t = mirror.taps(x)
     theirs = _mirror_stages(t)
     med = model.medians
-    z_sym_t = np.rint(theirs["z"] - med).astype(np.int32)  # (1, h, w, Cz), the mirror's z_hat - median
+    z_sym_t = np.rint(theirs["z"] - med).astype(np.int32)  # (1, h, w, N_z), the mirror's z_hat - median
     y_sym_t = t["symbols"].transpose(0, 2, 3, 1)  # (1, M, H4, W4) -> (1, H4, W4, M)
     index_t = t["index"].transpose(0, 2, 3, 1)
 
