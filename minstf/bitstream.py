@@ -22,7 +22,7 @@ notice when decoding went wrong, is in the header. All integers are little-endia
     39+n          2     u16       S, number of y slices (1..64)
     41+n          4     u32       z payload length in bytes
     45+n          4     u32       y payload length in bytes
-    49+n          4     u32       CRC32 of the decoded z symbols (`symbols_crc`)
+    49+n          4     u32       CRC32 of the decoded z symbols (`coding.symbols_crc`)
     53+n          4*S   S x u32   CRC32 of the decoded symbols of y slice 0, 1, ..., S-1
     53+n+4S       4     u32       CRC32 of the payload bytes (z payload, then y payload)
     57+n+4S       4     u32       CRC32 of the header bytes [0, 57+n+4S)
@@ -35,7 +35,7 @@ actually present, payload CRC. `read` takes only the header, then exactly the de
 payload and one byte more: trailing data is refused without reading it.
 Every failure is a `CorruptFile` with a one-line message. So a damaged file is
 reported as damaged, and the symbol CRCs, checked by the decoder
-(`check_symbols`), catch what is left: a decoder whose entropy parameters drifted
+(`coding.check_symbols`), catch what is left: a decoder whose entropy parameters drifted
 from the encoder's (other machine, other backend) stops with `DecoderMismatch`
 instead of returning a wrong image. The weights fingerprint is checked with `check_weights`.
 """
@@ -45,10 +45,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-import numpy as np
-
-from .backend import to_host
-from .errors import CorruptFile, DecoderMismatch, WrongWeights
+from .errors import CorruptFile, WrongWeights
 from .image import MAX_PIXELS, MAX_SIDE, eval_padding
 
 MAGIC = b"MSTF"
@@ -92,12 +89,6 @@ class Header:
         """(Hp, Wp): the size the codec actually saw."""
         left, top, right, bottom = self.padding
         return self.height + top + bottom, self.width + left + right
-
-
-def symbols_crc(symbols):
-    """CRC32 of the symbols as int32 little-endian bytes, in C order (any shape, any backend)."""
-    host = np.ascontiguousarray(to_host(symbols)).astype("<i4", copy=False)
-    return zlib.crc32(host.tobytes())
 
 
 def fingerprint_of(sha256):
@@ -315,12 +306,3 @@ def check_weights(header, fingerprint):
         raise WrongWeights(f"the file was made with weights {_short(header.fingerprint)}…, "
                            f"but the given weights are {_short(bytes(fingerprint))}…")
 
-
-def check_symbols(symbols, expected_crc, what):
-    """Raise DecoderMismatch when decoded symbols (`what`: "z", "y slice 3") are not the encoder's."""
-    crc = symbols_crc(symbols)
-    if crc != expected_crc:
-        raise DecoderMismatch(f"decoded {what} symbols differ from the encoder's (CRC {crc:08x}, "
-                              f"expected {expected_crc:08x}): this machine or backend computed other "
-                              f"entropy parameters than the encoder's (files encoded with --portable "
-                              f"avoid this)")

@@ -224,7 +224,7 @@ def _int_list(ctx, param, value):
 
 
 @main.command("eval")
-@click.argument("folder", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", default="minstf-eval", show_default=True, help="Folder for <codec>.json, rd.png.")
 @click.option("--qualities", callback=_int_list, help="Shipped weights to evaluate: 1,2,3 (default) or none.")
 @click.option("--weights", "-w", multiple=True, help="Evaluate this weight file (repeat for more), not the shipped.")
@@ -255,7 +255,7 @@ def eval_(folder, out_dir, qualities, weights, baselines, jpeg_qualities, webp_q
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("checkpoint", type=click.Path())
 @click.argument("out", type=click.Path())
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists (never the checkpoint).")
 @click.option("--name", help="A name stored in the weight file's metadata.")

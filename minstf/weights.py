@@ -357,7 +357,7 @@ def save_weights(path, params, tables, config, metadata=None, force=False):
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL,
             "config": json.dumps(config.to_dict()), "fingerprint": digest, **extra}
     # write next to the target, then rename: a crash never leaves a half-written weight file
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=".minstf-", suffix=".tmp")  # short: any name fits
     os.close(fd)
     try:
         write_safetensors(tmp, tensors, meta)

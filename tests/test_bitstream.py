@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minstf import bitstream
-from minstf.bitstream import Header, Limits, check_symbols, check_weights, pack, read, symbols_crc, unpack
+from minstf.bitstream import Header, Limits, check_weights, pack, read, unpack
+from minstf.coding import check_symbols, symbols_crc
 from minstf.errors import CorruptFile, DecoderMismatch, WrongWeights
 from minstf.image import eval_padding
 

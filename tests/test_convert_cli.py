@@ -120,7 +120,7 @@ def test_cli_convert_bad_inputs(tmp_path, checkpoint):
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.output
         assert not (tmp_path / "out.safetensors").exists()
     assert not (tmp_path / "pwned").exists()
-    assert _run("convert", tmp_path / "missing.pth.tar", tmp_path / "o").exit_code == 2  # click usage error
+    assert _run("convert", tmp_path / "missing.pth.tar", tmp_path / "o").exit_code == 1  # no such file (README)
     assert _run("convert", checkpoint).exit_code == 2
 
 

@@ -1,6 +1,6 @@
-"""minstf against the PyTorch mirror (minstf/crosscheck.py), llm.c check_tensor style.
+"""minstf against the PyTorch mirror (minstf/tooling/crosscheck.py), llm.c check_tensor style.
 
-Tolerances (crosscheck.py's docstring): every stage within 1e-4 x max(1, max|torch|) (1e-4
+Tolerances (tooling/crosscheck.py's docstring): every stage within 1e-4 x max(1, max|torch|) (1e-4
 absolute on unit-scale tensors; float32 noise is 1e-7 .. 1e-5), likelihoods within 1e-4
 absolute (they amplify the noise of mu and scale: up to 1.5e-5 seen); y symbols, scale
 indexes and z symbols equal except at ties (margin < 1e-4 from the rounding threshold or
