@@ -32,5 +32,6 @@ def test_run_benchmark_tiny():
                 assert f["median_s"] > 0 and 0 <= f["coding_s"] <= f["median_s"]
     table = out.getvalue()
     assert "g_a" in table and "entropy coding" in table and "load average" in table
-    assert ("time x" in table) == HAVE_TORCH and "ref x" in table
+    assert ("time x" in table) == HAVE_TORCH and "ref x" in table and "of bound" in table
+    assert r["numpy"]["flops"]["compress"] > 0 and r["numpy"]["sgemm_gflops"] > 0
     assert r["numpy"]["threads"] == 1

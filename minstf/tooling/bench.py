@@ -37,6 +37,13 @@ compress/decompress use the same entropy coder (minstf.coding) as minstf, so tha
 the network is the only difference. Portable mode on the torch side runs the
 entropy-parameter networks on float64 copies of their modules.
 
+The bound: the minstf worker measures this machine's sgemm and dgemm rates (GFLOP/s of
+2048x2048 products, its own threads) and counts each stage's flops (tooling/flops.py:
+the matrix products of the network, 2 per multiply-add; float64 in portable mode's
+entropy-parameter stages). `bound s` is the time the stage would take if all its flops
+ran at that rate; `of bound` = bound s / the stage's median time, the fraction of this
+machine's BLAS speed that the stage reaches.
+
 `run_benchmark(...)` returns the figures as a dict and prints the table; `main(argv)`
 is the command line.
 """
@@ -328,6 +335,10 @@ class _Side:
             n, how = blas_threads()
             self.info = {"threads": n, "threads_how": how, "version": np.__version__,
                          "host_threads": host.num_threads(), "blocks_threaded": host.num_threads() > 1}
+        if side == "numpy":  # the arithmetic and this machine's BLAS rates, measured in this process
+            from .flops import gemm_rate, stage_flops
+            self.info.update(flops=stage_flops(config, x),
+                             sgemm_gflops=gemm_rate(np.float32), dgemm_gflops=gemm_rate(np.float64))
         for mode in modes:  # warm-up, excluded: one compress and one decompress per mode
             self.table[mode]["compress"]()
             self.table[mode]["decompress"]()
@@ -463,6 +474,11 @@ def format_table(result):
              f"minstf: NumPy {np_['version']}, BLAS threads {np_['threads']} ({np_['threads_how']}), "
              f"{np_['host_threads']} host threads, blocks of a layer on them: "
              f"{'yes (BLAS held to 1 thread by threadpoolctl)' if np_['blocks_threaded'] else 'no'}"]
+    bound = _bound_seconds(np_)
+    if bound:
+        lines.append(f"bound: sgemm {np_['sgemm_gflops']:.0f} GFLOP/s, dgemm {np_['dgemm_gflops']:.0f} GFLOP/s "
+                     f"(2048x2048 products, minstf's BLAS threads); GFLOP = the stage's matrix products "
+                     f"(tooling/flops.py); bound s = GFLOP at that rate; of bound = bound s / fast s")
     if ref:
         lines.append("reference: minstf's reference kernels (minstf/reference/), same model and stages; "
                      "ref x = reference / fast")
@@ -473,6 +489,8 @@ def format_table(result):
     if th:
         lines.append("ratios fast/torch: time x of the medians, min x of the fastest runs (the least disturbed)")
     head = f"{'mode':<9}{'stage':<17}{'fast s':>9}{'cpu s':>7}{'MB':>6}"
+    if bound:
+        head += f"{'GFLOP':>7}{'bound s':>8}{'of bound':>9}"
     if ref:
         head += f"{'ref s':>9}{'MB':>6}{'ref x':>7}"
     if th:
@@ -492,6 +510,10 @@ def format_table(result):
                           g.get("coding_s"), None, None, None)]
             for name, s, smin, cpu, mb, rs, rmb, ts, tmin, tcpu, tmb in rows:
                 line = f"{mode:<9}{name:<17}{s:>9.3f}{_num(cpu, 7, 2)}{_num(mb, 6, 0)}"
+                if bound:
+                    b = bound[mode].get(stage) if name == stage else None
+                    gflop = np_["flops"][stage] / 1e9 if b is not None else None
+                    line += f"{_num(gflop, 7, 1)}{_num(b, 8, 3)}" + (f"{b / s:>9.0%}" if b else " " * 9)
                 if ref:
                     line += f"{rs:>9.3f}{_num(rmb, 6, 0)}{_ratio(rs, s)}"
                 if th:
@@ -499,6 +521,18 @@ def format_table(result):
                              f"{_ratio(smin, tmin)}{_ratio(cpu, tcpu)}{_ratio(mb, tmb)}")
                 lines.append(line)
     return "\n".join(lines)
+
+
+def _bound_seconds(info):
+    """{mode: {stage: seconds at BLAS speed}} from the minstf worker's flops and gemm rates, or None."""
+    if "flops" not in info:
+        return None
+    f, s, d = info["flops"], info["sgemm_gflops"] * 1e9, info["dgemm_gflops"] * 1e9
+    entropy = f["hyper"] + f["slices"]  # float64 in portable mode
+    return {"float32": {stage: n / s for stage, n in f.items()},
+            "portable": {"hyper": f["hyper"] / d, "slices": f["slices"] / d,
+                         "compress": (f["g_a"] + f["h_a"]) / s + entropy / d,
+                         "decompress": f["g_s"] / s + entropy / d}}
 
 
 def _num(v, width, digits):
