@@ -1,7 +1,8 @@
 """The `minstf` command line: a thin layer of click commands over the library.
 
-    encode IN -o OUT.mstf   image -> .mstf (codec.encode_image)    info FILE     the header (bitstream)
-    decode IN -o OUT.png    .mstf -> PNG (codec.decode_image)      demo [IMAGE]  encode + decode + numbers
+    encode IN -o OUT.mstf   image -> .mstf (batch.encode_file)     info FILE     the header (bitstream)
+    decode IN -o OUT.png    .mstf -> PNG (batch.decode_file)       demo [IMAGE]  encode + decode + numbers
+    encode|decode IN... -o DIR/   many files, here or on Dask (batch.py)
     eval DIR                R-D against Pillow (tooling/evaluate)  convert CKPT OUT  checkpoint -> weights
     crosscheck IMAGE        minstf vs the PyTorch mirror (tooling/crosscheck)
 
@@ -21,14 +22,13 @@ from pathlib import Path
 
 import click
 
-from . import __version__, bitstream, fileio
+from . import __version__, batch, bitstream, fileio
 from .backend import BACKENDS, BackendUnavailable
-from .codec import decode_image, encode_image
 from .errors import MinstfError, WrongWeights
 from .fileio import display_name as _name
 from .switch import KERNELS
 from .tooling import evaluate
-from .zoo import QUALITIES, claimed_fingerprint, load_model, shipped_name, weights_for, weights_path
+from .zoo import QUALITIES, claimed_fingerprint, load_model, shipped_name, weights_path
 
 SAMPLE = Path(__file__).parent / "data" / "sample.png"
 
@@ -129,56 +129,55 @@ def main():
     """minstf: the STF learned image codec in NumPy/CuPy."""
 
 
+batch_options = _options(
+    click.option("--manifest", type=click.Path(dir_okay=False), help="Batch: the JSON-lines log (DIR/manifest.jsonl)."),
+    click.option("--workers", type=click.IntRange(min=1), help="Batch: on a local Dask cluster of N processes."),
+    click.option("--scheduler", metavar="ADDRESS", help="Batch: on the workers of this Dask scheduler."))
+
+
 @main.command()
-@click.argument("src", metavar="IN", type=OUTPUT)
-@click.option("-o", "--output", "out", required=True, type=OUTPUT, help="The .mstf file to write ('-': stdout).")
+@click.argument("srcs", metavar="IN...", nargs=-1, required=True, type=OUTPUT)
+@click.option("-o", "--output", "out", required=True, type=OUTPUT, help="The .mstf file ('-': stdout), or DIR/.")
 @weights_options
 @PORTABLE_OPTION
+@batch_options
 @output_options
 @reports_errors
-def encode(src, out, weights, quality, backend, kernels, portable, force, verbose, quiet):
-    """Compress an image (PNG, JPEG, ...; '-': stdin) to a .mstf file."""
+def encode(srcs, out, weights, quality, backend, kernels, portable, force, verbose, quiet, **batched):
+    """Compress an image (PNG, JPEG, ...; '-': stdin) to a .mstf file; several images or directories
+    (recursed) into DIR/, names kept, existing outputs skipped (README "Many images")."""
     _verbosity(verbose, quiet)
-    path = _weights(weights, quality)
-    inputs = [src, path]
-    fileio.check_output(out, force, inputs)
-    image = _read_image(src, quiet)
-    model = _load(path, backend, kernels, verbose)
-    t = time.perf_counter()
-    data, stats = encode_image(model, image, portable=portable)
-    seconds = time.perf_counter() - t
-    fileio.write_output(out, data, force, inputs)
+    s = batch.Settings(str(_weights(weights, quality)), None, backend, kernels, portable, force)
+    if batch.is_batch(srcs, out, **batched):
+        sys.exit(batch.run("encode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))
+    n = batch.encode_file(srcs[0], out, s, [srcs[0], s.weights], lambda p: _load(p, backend, kernels, verbose),
+                          note=None if quiet else lambda line: _say("note: " + line))
     if not quiet:
-        _say(f"{_name(src, 'stdin')} -> {_name(out, 'stdout')}: {stats.width}x{stats.height}, "
-             f"{stats.file_bytes:,} bytes, {stats.bpp:.4f} bpp ({stats.payload_bpp:.4f} payload), "
-             f"{'portable' if portable else 'fast'} mode, {seconds:.2f} s")
+        _say(f"{_name(srcs[0], 'stdin')} -> {_name(out, 'stdout')}: {n['width']}x{n['height']}, {n['bytes']:,} bytes, "
+             f"{n['bpp']:.4f} bpp ({n['payload_bpp']:.4f} payload), {'portable' if portable else 'fast'} mode, "
+             f"{n['seconds']:.2f} s")
 
 
 @main.command()
-@click.argument("src", metavar="IN", type=OUTPUT)
-@click.option("-o", "--output", "out", required=True, type=OUTPUT, help="The PNG file to write ('-': stdout).")
+@click.argument("srcs", metavar="IN...", nargs=-1, required=True, type=OUTPUT)
+@click.option("-o", "--output", "out", required=True, type=OUTPUT, help="The PNG file ('-': stdout), or DIR/.")
 @weights_options
+@batch_options
 @output_options
 @reports_errors
-def decode(src, out, weights, quality, backend, kernels, force, verbose, quiet):
+def decode(srcs, out, weights, quality, backend, kernels, force, verbose, quiet, **batched):
     """Decompress a .mstf file ('-': stdin) to a PNG image (without --weights or -q: the shipped
-    weights it was made with, found by their fingerprint)."""
+    weights it was made with, found by their fingerprint); several, or directories, into DIR/."""
     _verbosity(verbose, quiet)
-    given = [_weights(weights, quality)] if weights or quality else []   # else: found from the file
-    fileio.check_output(out, force, [src] + given, suffix=".png")
-    data, (header, _, _) = fileio.read_mstf(src)
-    name = _name(src, "stdin")
-    path = weights_for(header, name, weights, quality)
-    model = _load(path, backend, kernels, verbose)
-    t = time.perf_counter()
-    with fileio.naming(name):
-        image, header = decode_image(model, data)
-    seconds = time.perf_counter() - t
-    fileio.write_output(out, fileio.png_bytes(image), force, [src, path])
+    if weights or quality:
+        _weights(weights, quality)                               # not both; the file of -q exists
+    s = batch.Settings(weights, quality, backend, kernels, force=force)
+    if batch.is_batch(srcs, out, **batched):
+        sys.exit(batch.run("decode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))
+    n = batch.decode_file(srcs[0], out, s, [srcs[0]], lambda p: _load(p, backend, kernels, verbose))
     if not quiet:
-        bpp = 8 * len(data) / (header.width * header.height)
-        _say(f"{name} -> {_name(out, 'stdout')}: {header.width}x{header.height}, {len(data):,} bytes, "
-             f"{bpp:.4f} bpp, {seconds:.2f} s")
+        _say(f"{_name(srcs[0], 'stdin')} -> {_name(out, 'stdout')}: {n['width']}x{n['height']}, {n['bytes']:,} bytes, "
+             f"{n['bpp']:.4f} bpp, {n['seconds']:.2f} s")
 
 
 @main.command()

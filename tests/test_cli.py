@@ -213,7 +213,8 @@ def test_failed_write_leaves_nothing(tmp_path, mstf, monkeypatch):
 def test_output_path_problems(tmp_path, mstf):
     assert_error(run("decode", mstf[0], "-o", tmp_path / "no" / "x.png"), BadInput.exit_code, "does not exist")
     assert_error(run("decode", mstf[0], "-o", tmp_path / "x.jpg"), BadInput.exit_code, "PNG only")
-    assert_error(run("decode", mstf[0], "-o", tmp_path), 1, f"{tmp_path}: Is a directory")
+    r = run("decode", mstf[0], "-o", tmp_path)                 # a directory: a batch of one (test_batch.py)
+    assert r.exit_code == 0 and (tmp_path / "image.png").is_file() and (tmp_path / "manifest.jsonl").is_file()
 
 
 def _subprocess(args, shipped, **kw):
@@ -308,9 +309,12 @@ def test_errors_name_the_target_not_the_temporary_file(tmp_path, mstf, monkeypat
 def test_directories_and_unreadable_inputs(tmp_path, mstf, monkeypatch):
     folder = tmp_path / "folder"
     folder.mkdir()
-    for args in (["decode", folder, "-o", tmp_path / "x.png"], ["info", folder], ["encode", folder, "-o", tmp_path / "x"],
-                 ["convert", folder, tmp_path / "w.safetensors"]):
+    for args in (["info", folder], ["convert", folder, tmp_path / "w.safetensors"]):
         assert_error(run(*args), 1, f"{folder}: Is a directory")
+    for command, out in (("decode", "x.png"), ("encode", "x")):  # a folder is a batch: into a directory
+        r = run(command, folder, "-o", tmp_path / out)
+        assert r.exit_code == 2 and f"-o {tmp_path / out}/ (created if missing)" in r.stderr
+        assert_error(run(command, folder, "-o", f"{tmp_path / out}/"), BadInput.exit_code, f"{folder}: no ")
 
     def refused(path, *args, **kw):  # chmod 0 means nothing to root: refuse in open() itself
         raise PermissionError(13, "Permission denied", str(path))
