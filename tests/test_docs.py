@@ -81,3 +81,12 @@ def test_no_citations_of_external_documents():
                 found.append(f"{path.relative_to(REPO)}:{number}: {m.group(0)}: {line.strip()[:100]}")
     assert not found, (f"{len(found)} citations of documents outside the repository "
                        f"(cite docs/*.md instead):\n" + "\n".join(found))
+
+
+def test_cited_repository_paths_exist():
+    """README and docs/ name files of the project (minstf/reference/swin.py, tests/test_kernels.py, ...):
+    each must exist, so that a move of a file cannot leave the docs pointing at nothing."""
+    cited = re.compile(r"\b(?:minstf|tests|tools|lessons|docs)/[A-Za-z0-9_./-]*\.(?:py|md|sh|tsv|npz)\b")
+    missing = [f"{doc.name}: {path}" for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+               for path in sorted(set(cited.findall(doc.read_text()))) if not (REPO / path).exists()]
+    assert not missing, "cited files that do not exist: " + ", ".join(missing)
