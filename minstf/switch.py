@@ -15,7 +15,8 @@ KERNELS = ("fast", "reference")
 DEFAULT_KERNELS = "fast"
 INTERFACE = ("linear", "conv2d", "conv2d_gelu", "pixel_shuffle", "layer_norm", "gelu", "softmax", "end_conv",
              "window_partition", "window_reverse", "relative_position_index", "relative_position_bias",
-             "shift_attention_mask", "window_attention", "swin_block")
+             "shift_attention_mask", "window_attention", "swin_block",
+             "conv_transpose2d", "gdn", "igdn", "window_attention_block")  # the last four: WACNN
 _PACKAGES = {"fast": "minstf.kernels", "reference": "minstf.reference"}
 
 
