@@ -40,11 +40,19 @@ def client(workers=None, scheduler=None):
         return
     threads = str(worker_threads(workers))
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **dict.fromkeys(THREAD_VARIABLES, threads)}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # read when a worker starts
-        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=40,
-                             dashboard_address=":0", scheduler_kwargs={"dashboard": False})  # any free port
-    with local, Client(local) as connected:
-        yield connected
+    saved = {name: os.environ.get(name) for name in environ}  # a nanny sets them in this process too
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # read when a worker starts
+            local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, silence_logs=40,
+                                 dashboard_address=":0", scheduler_kwargs={"dashboard": False})  # any free port
+        with local, Client(local) as connected:
+            yield connected
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def as_completed(dask_client, jobs, task, settings, killed):
