@@ -160,3 +160,111 @@ SMALL_CONFIG = STFConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 4
                          max_support_slices=2, slice_hidden=(32, 24, 16, 16))
 FULL_CONFIG = STFConfig()  # upstream's SymmetricalTransFormer()
 CONFIGS = {"small": SMALL_CONFIG, "full": FULL_CONFIG}
+
+
+# --- WACNN, the second upstream model (`cnn`, docs/wacnn.md) -------------------------------------
+# (low, high) of WACNNConfig's integer fields and of each entry of its tuple fields
+WACNN_INT_RANGES = {"in_chans": (1, 16), "N": (2, 4096), "M": (2, 4096), "num_heads": (1, 256),
+                    "num_slices": (1, 64), "max_support_slices": (0, 64)}
+WACNN_TUPLE_RANGES = {"window_sizes": (1, 32), "slice_hidden": (1, 4096)}
+
+
+@dataclass(frozen=True)
+class WACNNConfig:
+    """Every size of WACNN (upstream `WACNN(192, 320)`), range-checked like STFConfig.
+
+        N                   transform channels (192); also z's channels N_z
+        M                   latent channels of y (320)
+        num_heads           heads of both attention blocks (8)
+        window_sizes        (at H/4 with N channels, at H/16 with M channels): (8, 4)
+        num_slices, max_support_slices, slice_hidden   as STFConfig: 10, 5, (224, 176, 128, 64)
+
+    The hyperprior widths step by (M - N) / 4 (32): h_a M, M, M-32, M-64, M-96 -> N; h_s
+    N, N -> N+32 (x2 up) -> N+64 -> N+96 (x2 up) -> M. The attention blocks need no padding
+    but whole windows: ceil(H/4) a multiple of window_sizes[0], ceil(H/16) of window_sizes[1].
+    """
+    in_chans: int = 3
+    N: int = 192
+    M: int = 320
+    num_heads: int = 8
+    window_sizes: tuple = (8, 4)
+    num_slices: int = 10
+    max_support_slices: int = 5
+    slice_hidden: tuple = (224, 176, 128, 64)
+
+    model = "cnn"  # a class attribute, not a field: the bitstream's model id
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 — frozen
+        for name, (low, high) in WACNN_INT_RANGES.items():
+            set_(name, _int(name, getattr(self, name), low, high))
+        for name, (low, high) in WACNN_TUPLE_RANGES.items():
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)):
+                raise ValueError(f"{name} must be a list of integers, got {str(values)[:60]}")
+            set_(name, tuple(_int(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)))
+        if len(self.window_sizes) != 2:
+            raise ValueError(f"window_sizes must have 2 entries, got {len(self.window_sizes)}")
+        if len(self.slice_hidden) != 4:
+            raise ValueError(f"slice_hidden must have 4 widths, got {len(self.slice_hidden)}")
+        if self.N % 2 or self.M % 2:
+            raise ValueError(f"N = {self.N} and M = {self.M} must be even (residual units halve them)")
+        for dim in (self.N, self.M):
+            if dim % self.num_heads:
+                raise ValueError(f"width {dim} is not divisible by {self.num_heads} heads")
+        if self.M < self.N or (self.M - self.N) % 4:
+            raise ValueError(f"M - N = {self.M - self.N} must be a non-negative multiple of 4 (hyperprior widths)")
+        if self.M % self.num_slices:
+            raise ValueError(f"latent channels {self.M} are not divisible by num_slices {self.num_slices}")
+        if not 0 <= self.max_support_slices <= self.num_slices:
+            raise ValueError("max_support_slices must lie in 0..num_slices")
+
+    # --- derived sizes -------------------------------------------------------
+    @property
+    def N_z(self):
+        """Channels of the hyper-latent z (the entropy bottleneck's channels) = N."""
+        return self.N
+
+    @property
+    def slice_channels(self):
+        return self.M // self.num_slices
+
+    @property
+    def downsampling(self):
+        """Total stride of g_a: four stride-2 convolutions (= 16)."""
+        return 16
+
+    @property
+    def pad_multiple(self):
+        """Sizes that always work and code: lcm(4 * ws0, 16 * ws1, 64) (= 64, docs/wacnn.md §5)."""
+        return math.lcm(4 * self.window_sizes[0], 16 * self.window_sizes[1], 64)
+
+    @property
+    def hyper_widths(self):
+        """(M, M-s, M-2s, M-3s, N), s = (M - N) / 4: the h_a output widths (320, 288, 256, 224, 192)."""
+        step = (self.M - self.N) // 4
+        return (self.M,) + tuple(self.M - i * step for i in range(1, 4)) + (self.N,)
+
+    @property
+    def hyper_synthesis_widths(self):
+        """(N, N+s, N+2s, N+3s, M): the h_mean_s / h_scale_s output widths (192, 224, 256, 288, 320)."""
+        step = (self.M - self.N) // 4
+        return (self.N,) + tuple(self.N + i * step for i in range(1, 4)) + (self.M,)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ValueError(f"a configuration is a JSON object, not {type(d).__name__}")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown configuration fields: {sorted(map(str, unknown))[:10]}")
+        return cls(**d)
+
+
+WACNN_CONFIG = WACNNConfig()  # upstream's WACNN(192, 320), registered as 'cnn'
+# a small WACNN for fast tests: every layer and both attention blocks, 16 / 32 channels
+WACNN_SMALL_CONFIG = WACNNConfig(N=16, M=32, num_heads=2, window_sizes=(4, 2), num_slices=4,
+                                 max_support_slices=2, slice_hidden=(32, 24, 16, 16))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import MAX_STAGES, STFConfig
+from .config import MAX_STAGES, STFConfig, WACNNConfig
 from .reference.swin import relative_position_index  # noqa: F401 (the formula lives with the attention)
 
 # Entropy-model buffers whose shape is only known after the CDF tables are built
@@ -132,8 +132,13 @@ def state_dict_spec(config: STFConfig = STFConfig()):
             widths = slice_network_widths(c, slice_in_channels(c, s, kind))
             for j in range(5):
                 spec += _conv(f"{name}.{s}.{2 * j}", widths[j], widths[j + 1])
-    # entropy bottleneck (STF fork naming) for z
-    C = c.N_z
+    spec += _entropy_models(c.N_z)
+    return spec
+
+
+def _entropy_models(C):
+    """The entropy bottleneck (STF fork naming) for z of C channels, then the Gaussian conditional."""
+    spec = []
     F = (1, 3, 3, 3, 3, 1)
     for i in range(5):
         spec.append(KeySpec(f"entropy_bottleneck._matrix{i}", (C, F[i + 1], F[i]), "float32", "param"))
@@ -193,3 +198,81 @@ def config_from_shapes(shapes):
     return STFConfig(patch_size=p, in_chans=in_chans, embed_dim=e, depths=depths, num_heads=heads,
                      window_size=ws, mlp_ratio=mlp_ratio, num_slices=num_slices,
                      max_support_slices=support, slice_hidden=hidden)
+
+
+# --- WACNN (`cnn`, docs/wacnn.md §1) -------------------------------------------------------------
+# g_s's transposed convolutions: their weights are (Cin, O, k, k), PyTorch's ConvTranspose2d layout
+WACNN_DECONVS = ("g_s.1", "g_s.3", "g_s.6", "g_s.8")
+
+
+def _gdn(prefix, C):
+    """GDN / IGDN: the stored (reparametrised) beta and gamma, then four constant buffers."""
+    B = "buffer"
+    return [KeySpec(f"{prefix}.beta", (C,), "float32", "param"),
+            KeySpec(f"{prefix}.gamma", (C, C), "float32", "param")] + [
+        KeySpec(f"{prefix}.{name}_reparam.{buffer}", (1,), "float32", B)
+        for name in ("beta", "gamma") for buffer in ("pedestal", "lower_bound.bound")]
+
+
+def _residual_unit(prefix, C):
+    """1x1 conv C -> C/2, 3x3 conv C/2 -> C/2, 1x1 conv C/2 -> C (keys .conv.0, .conv.2, .conv.4)."""
+    return (_conv(f"{prefix}.conv.0", C, C // 2, k=1) + _conv(f"{prefix}.conv.2", C // 2, C // 2, k=3)
+            + _conv(f"{prefix}.conv.4", C // 2, C, k=1))
+
+
+def _attention_block(prefix, C, heads, ws):
+    """Win_noShift_Attention: conv_a (3 residual units), conv_b (window attention, 3 units, 1x1 conv)."""
+    spec = [item for u in range(3) for item in _residual_unit(f"{prefix}.conv_a.{u}", C)]
+    a, P = f"{prefix}.conv_b.0.attn", "param"
+    spec += [KeySpec(f"{a}.relative_position_bias_table", ((2 * ws - 1) ** 2, heads), "float32", P),
+             KeySpec(f"{a}.relative_position_index", (ws * ws, ws * ws), "int64", "buffer"),
+             KeySpec(f"{a}.qkv.weight", (3 * C, C), "float32", P), KeySpec(f"{a}.qkv.bias", (3 * C,), "float32", P),
+             KeySpec(f"{a}.proj.weight", (C, C), "float32", P), KeySpec(f"{a}.proj.bias", (C,), "float32", P)]
+    spec += [item for u in range(1, 4) for item in _residual_unit(f"{prefix}.conv_b.{u}", C)]
+    return spec + _conv(f"{prefix}.conv_b.4", C, C, k=1)
+
+
+def _deconv(prefix, cin, cout, k=5):
+    return [KeySpec(f"{prefix}.weight", (cin, cout, k, k), "float32", "param"),
+            KeySpec(f"{prefix}.bias", (cout,), "float32", "param")]
+
+
+def wacnn_state_dict_spec(config: WACNNConfig = WACNNConfig()):
+    """All keys of upstream's WACNN state dict for `config`, in upstream order (spec keys-cnn.tsv)."""
+    c, N, M, h = config, config.N, config.M, config.num_heads
+    ws_N, ws_M = c.window_sizes
+    spec = []
+    # g_a: conv, GDN, conv, GDN, attention, conv, GDN, conv, attention
+    spec += _conv("g_a.0", c.in_chans, N, k=5) + _gdn("g_a.1", N) + _conv("g_a.2", N, N, k=5) + _gdn("g_a.3", N)
+    spec += _attention_block("g_a.4", N, h, ws_N)
+    spec += _conv("g_a.5", N, N, k=5) + _gdn("g_a.6", N) + _conv("g_a.7", N, M, k=5)
+    spec += _attention_block("g_a.8", M, h, ws_M)
+    # g_s: attention, deconv, IGDN, deconv, IGDN, attention, deconv, IGDN, deconv
+    spec += _attention_block("g_s.0", M, h, ws_M)
+    spec += _deconv("g_s.1", M, N) + _gdn("g_s.2", N) + _deconv("g_s.3", N, N) + _gdn("g_s.4", N)
+    spec += _attention_block("g_s.5", N, h, ws_N)
+    spec += _deconv("g_s.6", N, N) + _gdn("g_s.7", N) + _deconv("g_s.8", N, c.in_chans)
+    # hyperprior: STF's layer list with WACNN's widths
+    hw = c.hyper_widths  # (M, M-s, M-2s, M-3s, N)
+    for j, (cin, cout) in enumerate(zip((M,) + hw[:-1], hw)):
+        spec += _conv(f"h_a.{2 * j}", cin, cout)
+    sw = c.hyper_synthesis_widths  # (N, N+s, N+2s, N+3s, M)
+    for name in ("h_mean_s", "h_scale_s"):
+        spec += _conv(f"{name}.0", N, sw[0])
+        spec += _conv(f"{name}.2.0", sw[0], sw[1] * 4)  # subpel conv, PixelShuffle(2)
+        spec += _conv(f"{name}.4", sw[1], sw[2])
+        spec += _conv(f"{name}.6.0", sw[2], sw[3] * 4)
+        spec += _conv(f"{name}.8", sw[3], sw[4])
+    # channel-conditional slice networks, as STF's
+    for kind, name in (("mean", "cc_mean_transforms"), ("scale", "cc_scale_transforms"),
+                       ("lrp", "lrp_transforms")):
+        for s in range(c.num_slices):
+            widths = slice_network_widths(c, slice_in_channels(c, s, kind))
+            for j in range(5):
+                spec += _conv(f"{name}.{s}.{2 * j}", widths[j], widths[j + 1])
+    return spec + _entropy_models(c.N_z)
+
+
+def wacnn_param_spec(config: WACNNConfig = WACNNConfig()):
+    """Only WACNN's learned parameters."""
+    return [k for k in wacnn_state_dict_spec(config) if k.kind == "param"]
