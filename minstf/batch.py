@@ -26,11 +26,11 @@ from pathlib import Path
 import click
 
 from . import fileio
-from .tooling import cluster
 from .backend import BackendUnavailable
 from .codec import decode_image, encode_image
 from .errors import BadInput, MinstfError, OutputExists
 from .fileio import display_name
+from .tooling import cluster
 from .zoo import claimed_fingerprint, load_model, weights_for, weights_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pnm", ".gif")
