@@ -1,4 +1,4 @@
-"""The STF model: weights, CDF tables and the three entry points.
+"""The STF model (and WACNN, `cnn`, on the same code): weights, CDF tables and the three entry points.
 
     x ─► g_a ─► y ─► h_a ─► z ─► Q ─► factorized prior (EB) ─► z string
                 │                │
@@ -17,6 +17,12 @@ Kernels: `kernels="fast"` (default) or `"reference"` picks the layer of `minstf.
 that every network of the model runs on; the strings and files are the same format
 either way, so a file encoded on one layer decodes on the other.
 
+Models: the class holds its transforms module, `minstf.transforms` for an STFConfig
+(stf) and `minstf.wacnn` for a WACNNConfig (cnn, docs/wacnn.md); both provide
+g_a, g_s, h_a, h_mean_s, h_scale_s with the same signatures. The entropy models,
+the slice loop (its num_slices / max_support_slices from the config) and the coding
+are shared.
+
 Portable mode: the entropy-parameter path (h_mean_s, h_scale_s and the slice
 networks) runs in float64, so that the discrete decisions that must agree
 between encoder and decoder (scale indexes, round(y - mu)) do not depend on the
@@ -30,12 +36,12 @@ import numpy as np
 from .backend import get_xp, to_device, to_host
 from .coding import (CdfTable, SymbolDecoder, SymbolEncoder, channel_first_flat, check_symbols,
                      from_channel_first_flat, symbols_crc)
-from .config import STFConfig
+from . import transforms, wacnn
+from .config import STFConfig, WACNNConfig
 from .entropy_models import build_indexes, eb_likelihood, eb_medians, gc_likelihood, quantize_symbols
 from .errors import BadInput, CorruptFile, DecoderMismatch
 from .slices import run_slices, slice_of
 from .switch import DEFAULT_KERNELS, get_kernels, kernels_name
-from .transforms import g_a, g_s, h_a, h_mean_s, h_scale_s
 
 ENTROPY_PARAMETER_PREFIXES = ("h_mean_s.", "h_scale_s.", "cc_mean_transforms.",
                               "cc_scale_transforms.", "lrp_transforms.")
@@ -60,12 +66,19 @@ def nhwc(a):
     return a.transpose(0, 2, 3, 1)
 
 
+def transforms_of(config):
+    """The module of a configuration's continuous networks: minstf.wacnn (cnn) or minstf.transforms (stf)."""
+    return wacnn if isinstance(config, WACNNConfig) else transforms
+
+
 class STF:
-    """An STF model on one backend. Build it with `minstf.load_model`."""
+    """An STF (or WACNN) model on one backend. Build it with `minstf.load_model`."""
 
     def __init__(self, config: STFConfig, params, tables, backend="numpy", fingerprint="", name="",
                  kernels=DEFAULT_KERNELS):
         self.config, self.fingerprint, self.name = config, fingerprint, name
+        self.model = "cnn" if isinstance(config, WACNNConfig) else "stf"  # the bitstream's model id
+        self.t = transforms_of(config)  # g_a, g_s, h_a, h_mean_s, h_scale_s of this model
         self.xp = xp = get_xp(backend)
         self.backend = backend
         self.k = get_kernels(kernels)  # the layer every network runs on
@@ -98,7 +111,7 @@ class STF:
 
     def _hyper(self, z_hat, portable):
         p = self.entropy_params(portable)
-        return h_mean_s(z_hat, p, self.config, self.k), h_scale_s(z_hat, p, self.config, self.k)
+        return self.t.h_mean_s(z_hat, p, self.config, self.k), self.t.h_scale_s(z_hat, p, self.config, self.k)
 
     def _check_codable(self, y):
         H4, W4 = y.shape[1:3]
@@ -115,8 +128,8 @@ class STF:
         "likelihoods": {"y": (B, M, H4, W4), "z": (B, N_z, zh, zw)}} as arrays of the backend.
         """
         xp, c, p, k = self.xp, self.config, self.params, self.k
-        y = g_a(self._input(x), p, c, taps, k)  # (B, H4, W4, M)
-        z = h_a(y, p, c, k)  # (B, zh, zw, N_z)
+        y = self.t.g_a(self._input(x), p, c, taps, k)  # (B, H4, W4, M)
+        z = self.t.h_a(y, p, c, k)  # (B, zh, zw, N_z)
         lik_z = eb_likelihood(z, self.eb)
         z_hat = xp.rint(z - self.medians) + self.medians
         latent_means, latent_scales = self._hyper(z_hat, False)
@@ -128,7 +141,7 @@ class STF:
             return xp.rint(y_s - mu)
 
         y_hat = run_slices(latent_means, latent_scales, p, c, quantize, taps, k)
-        x_hat = g_s(y_hat, p, c, taps, k)
+        x_hat = self.t.g_s(y_hat, p, c, taps, k)
         if taps is not None:
             taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat)
         return {"x_hat": nchw(x_hat), "likelihoods": {"y": nchw(xp.concatenate(lik_y, axis=-1)), "z": nchw(lik_z)}}
@@ -144,9 +157,9 @@ class STF:
         x = self._input(x)
         if x.shape[0] != 1:
             raise BadInput("compress() takes one image at a time")
-        y = g_a(x, self.params, c, taps, k)  # 1. analysis: (1, H4, W4, M)
+        y = self.t.g_a(x, self.params, c, taps, k)  # 1. analysis: (1, H4, W4, M)
         self._check_codable(y)
-        z = h_a(y, self.params, c, k)  # 2. hyper analysis: (1, zh, zw, N_z)
+        z = self.t.h_a(y, self.params, c, k)  # 2. hyper analysis: (1, zh, zw, N_z)
         z_symbols = quantize_symbols(z, self.medians)  # 3. z symbols = round(z - medians), int32
         z_flat = to_host(channel_first_flat(z_symbols))
         z_encoder = SymbolEncoder()  # 4. z string: factorized prior, CDF row = channel
@@ -201,7 +214,7 @@ class STF:
                            kernels=k)
         if not y_decoder.at_end():
             raise CorruptFile("the y payload has data left over after the last slice: the file is damaged")
-        x_hat = g_s(y_hat.astype(xp.float32), self.params, c, kernels=k)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
+        x_hat = self.t.g_s(y_hat.astype(xp.float32), self.params, c, kernels=k)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
         return nchw(xp.clip(x_hat, 0, 1))
 
     def _z_indexes(self, z_shape):
