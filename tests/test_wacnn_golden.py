@@ -5,7 +5,7 @@ where it is made (g_a.1 and g_s.7 take our own conv output: only 32 channels of 
 inputs are stored). Chains: g_a and g_s whole, inputs A (128x192) and B (189x125, not a
 multiple of 64). Entropy path: z symbols, the slice loop teacher-forced with the golden
 y and hyper-latent (symbols and scale indexes exactly), likelihoods.
-Tolerances (spec GOLDEN-CNN.md §5): atol 1e-4 on every float tensor, 1e-5 on likelihoods.
+Tolerances (docs/wacnn.md §6): atol 1e-4 on every float tensor, 1e-5 on likelihoods.
 Run with `pytest -s` to see the largest error of every stage.
 """
 import numpy as np
@@ -115,7 +115,7 @@ def test_g_s_chain(k, cnn_golden, cnn_params, run):
 
 
 def test_inadmissible_sizes_are_refused(k, cnn_params):
-    """CNN.md §2.7: 124 rows give a 31-row map at g_a.4, not whole 8x8 windows (upstream fails too)."""
+    """docs/wacnn.md §5: 124 rows give a 31-row map at g_a.4, not whole 8x8 windows (upstream fails too)."""
     x = np.zeros((1, 124, 64, 3), np.float32)
     with pytest.raises(ValueError, match="whole 8x8 windows"):
         wacnn.g_a(x, cnn_params, CFG, kernels=k)

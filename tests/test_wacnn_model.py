@@ -1,5 +1,5 @@
 """The whole WACNN (`cnn`) model against its golden vector, free-running, on both kernel layers
-(docs/wacnn.md §6; spec GOLDEN-CNN.md §5): the STF class with minstf/wacnn.py as its transforms.
+(docs/wacnn.md §6): the STF class with minstf/wacnn.py as its transforms.
 
 Floats: atol 1e-4, likelihoods 1e-5. Symbols, scale indexes and z symbols exactly (their
 smallest golden margins, 1.2e-5 .. 4e-4, exceed our float error). Byte strings cannot be
@@ -42,7 +42,7 @@ def test_the_model_runs_wacnns_transforms(model):
 
 def test_tables_are_the_golden_ones(model, cnn_golden):
     """The Gaussian table is the golden one exactly (weights play no part); the factorized prior's
-    differs in 3 of 192 rows, where upstream's pmf * 65536 is an exact .5 tie (spec GOLDEN-CNN.md §5)."""
+    differs in 3 of 192 rows, where upstream's pmf * 65536 is an exact .5 tie (docs/wacnn.md §6)."""
     g = cnn_golden
     np.testing.assert_array_equal(model.gc_table.cdf, g["gc_quantized_cdf"])
     np.testing.assert_array_equal(model.gc_table.cdf_length, g["gc_cdf_length"])
