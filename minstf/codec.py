@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 from . import bitstream
 from .backend import to_device
-from .errors import BadInput, WrongWeights
+from .errors import BadInput, CorruptFile, WrongWeights
 from .image import check_size, crop, eval_padding, pad, to_float, to_uint8
 from .model import Compressed
 
-MODEL_ID = "stf"
 
 
 @dataclass
@@ -32,8 +31,22 @@ class EncodeStats:
         return 8 * self.payload_bytes / (self.height * self.width)
 
 
-def encode_image(model, image, portable=True):
+def symbol_counts(config, padded_size):
+    """(z symbols, y symbols) of an image padded to (Hp, Wp): N_z * zh * zw and M * H4 * W4."""
+    H4, W4 = (side // config.downsampling for side in padded_size)
+    return config.N_z * (H4 // 4) * (W4 // 4), config.M * H4 * W4
+
+
+def _stage(progress, name):
+    if progress is not None:
+        progress(name)
+
+
+def encode_image(model, image, portable=True, progress=None):
     """uint8 (H, W, 3) -> (bytes of a .mstf file, EncodeStats).
+
+    progress (optional): called with the name of each step as it begins, and None at the end
+    (model.compress is one step: its analysis, hyperprior and slices are not seen from here).
 
     portable (the default, as in the CLI): the entropy parameters are computed in float64,
     so the file decodes on any machine and backend. portable=False computes them in float32
@@ -43,13 +56,22 @@ def encode_image(model, image, portable=True):
         raise BadInput(f"expected an 8-bit RGB image (H, W, 3), got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
     check_size(h, w)
+    _stage(progress, "pad")
     ltrb = eval_padding(h, w, model.config.pad_multiple)
     x = pad(to_float(to_device(image, model.xp)), ltrb)  # (1, 3, H, W) -> (1, 3, Hp, Wp)
+    _stage(progress, f"compress (analysis, hyperprior, {model.config.num_slices} slices)")
     c = model.compress(x, portable=portable)
-    header = bitstream.Header(model_id=MODEL_ID, fingerprint=bitstream.fingerprint_of(model.fingerprint),
+    _stage(progress, "pack")
+    header = bitstream.Header(model_id=model.model, fingerprint=bitstream.fingerprint_of(model.fingerprint),
                               height=h, width=w, padding=ltrb, z_crc=c.z_crc, y_crcs=c.slice_crcs,
                               portable=portable)
+    try:  # what the decoder checks (bitstream "Size claims"): never write a file it refuses
+        bitstream.check_payload_claim(header, len(c.z_string), len(c.y_string),
+                                      *symbol_counts(model.config, x.shape[2:]))
+    except CorruptFile as err:
+        raise BadInput(f"this image cannot be coded into a file minstf would read back ({err})") from None
     data = bitstream.pack(header, c.z_string, c.y_string, model.config.pad_multiple)
+    _stage(progress, None)
     return data, EncodeStats(h, w, len(data), len(c.z_string) + len(c.y_string))
 
 
@@ -58,19 +80,26 @@ def read_header(data, model=None):
     multiple = model.config.pad_multiple if model is not None else 64
     header, z_string, y_string = bitstream.unpack(data, multiple=multiple)
     if model is not None:
-        if header.model_id != MODEL_ID:
-            raise WrongWeights(f"the file was made by model {header.model_id!r}, not {MODEL_ID!r}")
+        if header.model_id != model.model:  # "stf" or "cnn"
+            raise WrongWeights(f"the file was made by model {header.model_id!r}, not {model.model!r}")
         bitstream.check_weights(header, bitstream.fingerprint_of(model.fingerprint))
         if header.num_slices != model.config.num_slices:  # only with forged fingerprints
             raise WrongWeights(f"the file has {header.num_slices} slices, the weights {model.config.num_slices}")
+        bitstream.check_payload_claim(header, len(z_string), len(y_string),
+                                      *symbol_counts(model.config, header.padded_size))
     return header, z_string, y_string
 
 
-def decode_image(model, data):
-    """bytes of a .mstf file -> (uint8 (H, W, 3), Header)."""
+def decode_image(model, data, progress=None):
+    """bytes of a .mstf file -> (uint8 (H, W, 3), Header); progress as for encode_image."""
+    _stage(progress, "check header")
     header, z_string, y_string = read_header(data, model)
     Hp, Wp = header.padded_size
     d = model.config.downsampling
     c = Compressed(z_string, y_string, (Hp // d, Wp // d), header.z_crc, header.y_crcs, header.portable)
+    _stage(progress, f"decompress (hyperprior, {header.num_slices} slices, synthesis)")
     x_hat = model.decompress(c)  # (1, 3, Hp, Wp) in [0, 1]
-    return to_uint8(crop(x_hat, header.padding)), header
+    _stage(progress, "crop")
+    image = to_uint8(crop(x_hat, header.padding))
+    _stage(progress, None)
+    return image, header

@@ -87,3 +87,26 @@ def test_evaluation_convention_on_input_b(model, cnn_golden):
     bpp = (len(c.y_string) + len(c.z_string)) * 8 / (189 * 125)
     assert abs(bpp - g["b_eval_bpp"]) <= 0.005 * g["b_eval_bpp"]
     assert abs(psnr(g["b_x"], x_hat) - g["b_eval_psnr"]) < 1e-3
+
+
+def test_files_of_the_cnn_model_say_cnn_and_decode_only_with_it():
+    """The .mstf header's model id is the model's ("cnn"), and a file decodes only with a model
+    of that kind: an STF model refuses it (WrongWeights) before decoding anything."""
+    from minstf.codec import decode_image, encode_image
+    from minstf.config import SMALL_CONFIG, WACNN_SMALL_CONFIG
+    from minstf.errors import WrongWeights
+    from minstf.synthetic import recipe_weights
+
+    def small(config):
+        p = recipe_weights(config)
+        eb = {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith("entropy_bottleneck.")}
+        return STF(config, p, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32)
+
+    cnn, stf = small(WACNN_SMALL_CONFIG), small(SMALL_CONFIG)
+    image = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    data, _ = encode_image(cnn, image)
+    decoded, header = decode_image(cnn, data)
+    assert header.model_id == "cnn" and decoded.shape == image.shape
+    with pytest.raises(WrongWeights, match="'cnn', not 'stf'"):
+        decode_image(stf, data)
+    assert decode_image(stf, encode_image(stf, image)[0])[1].model_id == "stf"
