@@ -1,5 +1,6 @@
-"""Dask for batches (`minstf encode|decode ... --workers N | --scheduler ADDRESS`, batch.py):
-the client of a local cluster or of a running scheduler, and the results of tasks as they finish.
+"""Dask for batches (`minstf encode|decode ... --workers N | --scheduler ADDRESS`, batch.py) and
+for `minstf eval` (evaluate.py): the client of a local cluster or of a running scheduler, and
+the results of tasks as they finish.
 
 Dask is optional (`pip install 'minstf[dask]'`): it is imported here only, when asked for. A
 local worker is a process with one thread; its kernels and BLAS share the CPUs out
@@ -56,8 +57,9 @@ def client(workers=None, scheduler=None):
 
 
 def as_completed(dask_client, jobs, task, settings, killed):
-    """(job, task(job, settings)) in the order the workers finish them. A task whose worker dies
-    is run again on another by Dask; when its workers died too often (KilledWorker, Dask's
+    """(job, task(job, settings)) in the order the workers finish them; a job (batch.Job,
+    evaluate.Task) has a `kind` and an `index`, its task's key. A task whose worker dies is run
+    again on another by Dask; when its workers died too often (KilledWorker, Dask's
     `allowed-failures`), the pair is (job, killed(job, error)). Other exceptions propagate."""
     from dask.distributed import KilledWorker, as_completed
 

@@ -23,13 +23,23 @@ as CompressAI's eval_model does, docs/architecture.md §7):
                     whenever `forward-matches-decoded` (its 8-bit rounding equals the decode)
     ms-ssim-rgb     MS-SSIM of the 8-bit images as floats / 255 (image.ms_ssim)
     encoding_time,  wall seconds of encode_image / decode_image (file in, pixels out), or of
-    decoding_time   Pillow's save / open + convert("RGB"); no warm-up, one process
+    decoding_time   Pillow's save / open + convert("RGB"); no warm-up; measured in the process
+                    that evaluated the image (with --workers / --scheduler, a Dask worker, while
+                    the others run beside it: the JSON description says which)
+
+With --workers N or --scheduler ADDRESS, each image at each rate point is one Dask task
+(evaluate_task, on the helpers of tooling/cluster.py; each worker loads each model once,
+batch.cached_model); rows come back as they finish and are put back in order, so the
+summaries, table, BD-rates and plot are computed as in-process. The numbers other than times
+are the same code on the same inputs: identical when the workers run BLAS on as many threads
+as this process would (float32 synthesis depends on it; bpp does not, portable mode).
 
 A minstf decode is checked exactly by the decoder itself: every slice's symbols against
 the encoder's CRC (a mismatch raises DecoderMismatch and stops the run).
 """
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +49,7 @@ from ..backend import to_device, to_host
 from ..codec import decode_image, encode_image
 from ..errors import BadInput, MinstfError
 from ..image import crop, eval_padding, ms_ssim, pad, psnr, psnr_uint8, read_image, to_float, to_uint8
+from . import cluster
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 METRICS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "payload-bpp", "estimated-bpp", "psnr-float",
@@ -79,6 +90,22 @@ def _forward(model, image):
     return bits / (h * w), to_host(xp.clip(crop(out["x_hat"], ltrb), 0, 1))  # -> (1, 3, H, W)
 
 
+def minstf_row(model, path):
+    """One image through one model: encode_image -> decode_image, and forward() (module docstring)."""
+    image = read_image(path)
+    t0 = time.perf_counter()
+    data, stats = encode_image(model, image)
+    t1 = time.perf_counter()
+    decoded, _ = decode_image(model, data)      # DecoderMismatch unless every CRC holds
+    t2 = time.perf_counter()
+    estimated, x_hat = _forward(model, image)
+    return {"image": Path(path).name, "bpp": stats.bpp, "payload-bpp": stats.payload_bpp,
+            "estimated-bpp": estimated, **_quality_metrics(image, decoded),
+            "psnr-float": psnr(to_float(image), x_hat),
+            "forward-matches-decoded": bool(np.array_equal(to_uint8(x_hat), decoded)),
+            "encoding_time": t1 - t0, "decoding_time": t2 - t1}
+
+
 def evaluate_minstf(model, paths, progress=None):
     """Encode and decode every image with one model: [per-image dict] (module docstring).
 
@@ -86,19 +113,7 @@ def evaluate_minstf(model, paths, progress=None):
     """
     rows = []
     for path in paths:
-        image = read_image(path)
-        h, w = image.shape[:2]
-        t0 = time.perf_counter()
-        data, stats = encode_image(model, image)
-        t1 = time.perf_counter()
-        decoded, _ = decode_image(model, data)      # DecoderMismatch unless every CRC holds
-        t2 = time.perf_counter()
-        estimated, x_hat = _forward(model, image)
-        rows.append({"image": Path(path).name, "bpp": stats.bpp, "payload-bpp": stats.payload_bpp,
-                     "estimated-bpp": estimated, **_quality_metrics(image, decoded),
-                     "psnr-float": psnr(to_float(image), x_hat),
-                     "forward-matches-decoded": bool(np.array_equal(to_uint8(x_hat), decoded)),
-                     "encoding_time": t1 - t0, "decoding_time": t2 - t1})
+        rows.append(minstf_row(model, path))
         if progress:
             progress(path)
     return rows
@@ -125,23 +140,29 @@ def check_quality(codec, quality):
         raise BadInput(f"this Pillow has no {PILLOW_NAMES[codec]} support")
 
 
+def pillow_row(codec, quality, path):
+    """One image through Pillow at one quality, in memory: encode to bytes, decode."""
+    check_quality(codec, quality)
+    fmt, _, options = PILLOW_CODECS[codec]
+    image = read_image(path)
+    h, w = image.shape[:2]
+    buf = io.BytesIO()
+    t0 = time.perf_counter()
+    Image.fromarray(image, "RGB").save(buf, format=fmt, quality=quality, **options)
+    t1 = time.perf_counter()
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        decoded = np.array(im.convert("RGB"))
+    t2 = time.perf_counter()
+    return {"image": Path(path).name, "bpp": 8 * buf.tell() / (h * w),
+            **_quality_metrics(image, decoded), "encoding_time": t1 - t0, "decoding_time": t2 - t1}
+
+
 def evaluate_pillow(codec, quality, paths, progress=None):
     """Encode every image with Pillow at one quality, in memory: [per-image dict]."""
     check_quality(codec, quality)
-    fmt, _, options = PILLOW_CODECS[codec]
     rows = []
     for path in paths:
-        image = read_image(path)
-        h, w = image.shape[:2]
-        buf = io.BytesIO()
-        t0 = time.perf_counter()
-        Image.fromarray(image, "RGB").save(buf, format=fmt, quality=quality, **options)
-        t1 = time.perf_counter()
-        with Image.open(io.BytesIO(buf.getvalue())) as im:
-            decoded = np.array(im.convert("RGB"))
-        t2 = time.perf_counter()
-        rows.append({"image": Path(path).name, "bpp": 8 * buf.tell() / (h * w),
-                     **_quality_metrics(image, decoded), "encoding_time": t1 - t0, "decoding_time": t2 - t1})
+        rows.append(pillow_row(codec, quality, path))
         if progress:
             progress(path)
     return rows
@@ -350,10 +371,18 @@ def run_demo(model, image, src, weights, backend, portable=True, keep=None, forc
             f"files    {'kept in ' + str(folder) if keep else 'none kept (use --keep DIR)'}")
 
 
-def plan(weights=(), qualities=None, baselines="jpeg,webp,avif"):
+def plan(weights=(), qualities=None, baselines="jpeg,webp,avif", workers=None, scheduler=None):
     """(runs [(label, weight file)], codecs) from `minstf eval`'s options: the weight files given,
-    else the shipped ones of `qualities` (default all); `baselines`: Pillow codecs or "none"."""
+    else the shipped ones of `qualities` (default all); `baselines`: Pillow codecs or "none".
+    click.UsageError for options that exclude each other."""
+    import click
+
     from ..zoo import QUALITIES, default_weights
+
+    for a, b, both in (("--weights", "--qualities", weights and qualities is not None),
+                       ("--workers", "--scheduler", workers and scheduler)):
+        if both:
+            raise click.UsageError(f"give {a} or {b}, not both")
 
     runs = [(Path(w).stem, Path(w)) for w in weights] or \
         [(q, default_weights(q)) for q in (QUALITIES if qualities is None else qualities)]
@@ -361,20 +390,58 @@ def plan(weights=(), qualities=None, baselines="jpeg,webp,avif"):
     return runs, codecs
 
 
+@dataclass(frozen=True)
+class Task:
+    """One image at one rate point: what this process, or a Dask worker, evaluates."""
+    index: int               # place in the evaluation: rows go back into this order
+    kind: str                # "minstf" or a Pillow codec
+    point: object            # the run's label (minstf) or the quality (Pillow)
+    image: str               # absolute, so that --scheduler workers find it on a shared file system
+    weights: str = None      # minstf: the weight file
+
+
+def evaluate_task(task, backend="numpy", load=None):
+    """The per-image row of a task; load(path) -> model, by default batch.cached_model (once a
+    process: a Dask worker loads each weight file once). A bad image raises, as in-process."""
+    if task.kind != "minstf":
+        return pillow_row(task.kind, task.point, task.image)
+    from ..batch import cached_model
+
+    return minstf_row((load or (lambda p: cached_model(p, backend, "fast")))(task.weights), task.image)
+
+
+def evaluate_tasks(tasks, backend="numpy", load=None, client=None, tick=lambda task: None):
+    """[row] in task order: evaluated here one after the other, or on the workers of the Dask
+    `client`, tick(task) as each one finishes (in the order they finish). The first task that
+    fails stops the evaluation with its error (Dask does not retry a task that raised); a task
+    whose workers kept dying (KilledWorker) is an error too."""
+    def died(task, err):
+        raise MinstfError(f"{task.image}: the workers evaluating it died ({err})")
+
+    rows = [None] * len(tasks)
+    if client is None:
+        results = ((task, evaluate_task(task, backend, load)) for task in tasks)
+    else:
+        results = cluster.as_completed(client, tasks, evaluate_task, backend, died)
+    for task, row in results:
+        rows[task.index] = row
+        tick(task)
+    return rows
+
+
 def run_eval(folder, out_dir, runs, codecs, points, limit=None, backend="numpy", plot=True, force=False,
-             load=None, say=None, progress=None, out=None):
+             load=None, say=None, progress=None, out=None, workers=None, scheduler=None):
     """What `minstf eval` does: evaluate every weight file of `runs` [(label, path)] and every Pillow
-    codec of `codecs` at its `points[codec]` qualities on the images of `folder`; print the table
-    and BD-rates on `out`; write <codec>.json and rd.png to `out_dir` (fileio: never over an input,
-    an existing file only with `force`). load(path) -> model; say(text): notes on stderr or None;
-    progress(n): called after each coded image."""
+    codec of `codecs` at its `points[codec]` qualities on the images of `folder`, in this process
+    or on Dask (`workers` local processes, or the cluster of `scheduler`: tooling/cluster.py);
+    print the table and BD-rates on `out`; write <codec>.json and rd.png to `out_dir` (fileio:
+    never over an input, an existing file only with `force`). load(path) -> model (in this
+    process); say(text): notes on stderr or None; progress(n): called after each coded image."""
     import json
 
     from .. import fileio
-    from ..zoo import load_model
+    from ..zoo import claimed_fingerprint, load_model
 
-    load = load or (lambda path: load_model(path, backend=backend))
-    tick = progress or (lambda _: None)
     for codec in codecs:
         for q in points.get(codec, [None]):
             check_quality(codec, q)
@@ -390,21 +457,30 @@ def run_eval(folder, out_dir, runs, codecs, points, limit=None, backend="numpy",
         fileio.check_output(str(target / name), force, inputs)
     if plot:
         check_plotting()
+    used = [f"{label}: {Path(path).name} ({claimed_fingerprint(path).hex()[:12]})" for label, path in runs]
+    series = [("minstf", label, str(Path(path).resolve())) for label, path in runs] + \
+        [(codec, q, None) for codec in codecs for q in points[codec]]     # one rate point each
+    tasks = [Task(i * len(paths) + j, kind, label, str(Path(image).resolve()), weights)
+             for i, (kind, label, weights) in enumerate(series) for j, image in enumerate(paths)]
+    models, load = {}, load or (lambda path: load_model(path, backend=backend))
+    with cluster.client(workers, scheduler) as client:
+        if client is not None and say:
+            say(f"dask: {len(client.scheduler_info()['workers'])} workers ({client.scheduler.address})")
+        where = _timed_where(client)
+        rows = evaluate_tasks(tasks, backend, lambda p: models[p] if p in models else models.setdefault(p, load(p)),
+                              client, lambda task: (progress or (lambda _: None))(task.image))
+    done = {}  # kind -> [(label, rows of its images, in order)]
+    for i, (kind, label, _) in enumerate(series):
+        done.setdefault(kind, []).append((label, rows[i * len(paths):(i + 1) * len(paths)]))
     results = []
     if runs:
-        done, used = [], []
-        for label, path in runs:
-            model = load(path)
-            done.append((label, evaluate_minstf(model, paths, tick)))
-            used.append(f"{label}: {Path(path).name} ({model.fingerprint[:12]})")
         results.append(summarize("minstf", f"{MINSTF_DESCRIPTION} Weights {'; '.join(used)}. "
-                                           f"Backend {backend}.", done))
-        drift = sum(not row["forward-matches-decoded"] for _, rows in done for row in rows)
+                                           f"Backend {backend}. {where}", done["minstf"]))
+        drift = sum(not row["forward-matches-decoded"] for _, rows in done["minstf"] for row in rows)
         if drift and say:
             say(f"note: {drift} decoded images differ from forward()'s: their psnr-float is forward()'s")
     for codec in codecs:
-        done = [(q, evaluate_pillow(codec, q, paths, tick)) for q in points[codec]]
-        results.append(summarize(PILLOW_NAMES[codec], pillow_description(codec), done))
+        results.append(summarize(PILLOW_NAMES[codec], f"{pillow_description(codec)} {where}", done[codec]))
     print(f"{folder}: {len(paths)} images\n{format_table(results)}\n\n{bd_report(results)}", file=out)
     for res, name in zip(results, names):
         fileio.write_output(str(target / name), (json.dumps(res, indent=2) + "\n").encode(), force, inputs)
@@ -415,6 +491,14 @@ def run_eval(folder, out_dir, runs, codecs, points, limit=None, backend="numpy",
     if say:
         say(f"wrote {', '.join(names)} to {target}")
     return results
+
+
+def _timed_where(client):
+    """Where the times were measured, for the JSON descriptions."""
+    if client is None:
+        return "Times: wall seconds in one process, one image after the other."
+    return (f"Times: wall seconds measured on the Dask worker that evaluated each image "
+            f"({len(client.scheduler_info()['workers'])} workers, running in parallel).")
 
 
 def total_steps(folder, limit, runs, codecs, points):
