@@ -30,6 +30,8 @@ from .backend import BackendUnavailable
 from .codec import decode_image, encode_image
 from .errors import BadInput, MinstfError, OutputExists
 from .fileio import display_name
+from .image import encode_lossless, output_format
+from .progress import FileLines, Stages
 from .tooling import cluster
 from .zoo import claimed_fingerprint, load_model, weights_for, weights_path
 
@@ -59,38 +61,65 @@ class Job:
 
 # --- one file ----------------------------------------------------------------------------
 
-def encode_file(src, out, s, inputs, load, note=None, again=False):
+def encode_file(src, out, s, inputs, load, note=None, again=False, progress=None):
     """An image file (`-`: stdin) -> a .mstf file (`-`: stdout); the numbers of its report line.
-    again: the output may already hold this very file's bytes (a task run a second time)."""
+    The EXIF orientation is applied. again: the output may already hold this very file's bytes
+    (a task run a second time); progress: codec.encode_image's."""
     fileio.check_output(out, s.force or again, inputs)
     notices = []
-    image = fileio.read_image_file(src, notices)
+    image = fileio.read_image_file(src, notices, orient=True)
     for line in notices if note else []:
         note(line)
     model = load(s.weights)
     t = time.perf_counter()
-    data, stats = encode_image(model, image, portable=s.portable)
+    data, stats = encode_image(model, image, portable=s.portable, progress=progress)
     seconds = time.perf_counter() - t
     _write(out, data, s.force, inputs, again)
     return {"width": stats.width, "height": stats.height, "bytes": stats.file_bytes, "bpp": stats.bpp,
             "payload_bpp": stats.payload_bpp, "seconds": seconds}
 
 
-def decode_file(src, out, s, inputs, load, note=None, again=False):
-    """A .mstf file (`-`: stdin) -> a PNG file (`-`: stdout), with the weights it was made with."""
+def decode_file(src, out, s, inputs, load, note=None, again=False, progress=None):
+    """A .mstf file (`-`: stdin) -> an image file of the lossless format its extension names
+    (image.LOSSLESS; `-`: PNG on stdout), with the weights it was made with."""
     given = [weights_path(s.weights, s.quality)] if s.weights or s.quality else []
-    fileio.check_output(out, s.force or again, list(inputs) + given, suffix=".png")
+    named = out != "-" and (os.path.isfile(out) or not os.path.exists(out))  # a device or pipe gets PNG
+    name_of_format = out if named else "x.png"
+    output_format(name_of_format)                          # a lossy or unknown format: BadInput
+    fileio.check_output(out, s.force or again, list(inputs) + given)
     data, (header, _, _) = fileio.read_mstf(src)
     name = display_name(src, "stdin")
     path = weights_for(header, name, s.weights, s.quality)
     model = load(path)
     t = time.perf_counter()
     with fileio.naming(name):
-        image, header = decode_image(model, data)
+        image, header = decode_image(model, data, progress=progress)
     seconds = time.perf_counter() - t
-    _write(out, fileio.png_bytes(image), s.force, list(inputs) + [path], again)
+    _write(out, encode_lossless(image, name_of_format), s.force, list(inputs) + [path], again)
     return {"width": header.width, "height": header.height, "bytes": len(data),
             "bpp": 8 * len(data) / (header.width * header.height), "seconds": seconds}
+
+
+def single(kind, src, out, s, load, say, quiet=False, verbose=False):
+    """One file of the encode or decode command: notes, a progress line on a terminal (stderr),
+    stage timings when verbose, then its report line, all through say(text) (nothing if quiet)."""
+    out = fileio.default_output(kind, src, out)
+    inputs = [src, s.weights] if kind == "encode" else [src]
+    stages = Stages(display_name(src, "stdin"), not quiet and sys.stderr.isatty(), verbose)
+    note = None if quiet else lambda line: say("note: " + line)
+    try:
+        n = (encode_file if kind == "encode" else decode_file)(src, out, s, inputs, load, note, progress=stages)
+    finally:
+        stages.close()
+    stages.report()
+    where = f"{display_name(src, 'stdin')} -> {display_name(out, 'stdout')}: {n['width']}x{n['height']}, "
+    if quiet:
+        return
+    if kind == "decode":
+        say(where + f"{n['bytes']:,} bytes, {n['bpp']:.4f} bpp, {n['seconds']:.2f} s")
+    else:
+        say(where + f"{n['bytes']:,} bytes, {n['bpp']:.4f} bpp ({n['payload_bpp']:.4f} payload), "
+            f"{'portable' if s.portable else 'fast'} mode, {n['seconds']:.2f} s")
 
 
 def _write(out, data, force, inputs, again):
@@ -148,7 +177,14 @@ def record(job, status, message=None, exit_code=None, **numbers):
 
 def is_batch(sources, out, manifest=None, workers=None, scheduler=None):
     """Whether the command is a batch (several inputs, a directory among them, or -o DIR/ that
-    ends with a slash or is a directory); usage errors for what a batch cannot be."""
+    ends with a slash or is a directory); usage errors for what a batch cannot be. Without -o
+    (`out` None) one file is written next to its input (fileio.default_output)."""
+    if out is None:
+        if len(sources) > 1 or any(os.path.isdir(s) for s in sources):
+            raise click.UsageError("several inputs or a directory are written into a directory: give -o DIR/")
+        if "-" in sources:
+            raise click.UsageError("reading stdin needs -o FILE (or -o - for stdout)")
+        out = ""
     if not (len(sources) > 1 or out.endswith(("/", os.sep)) or os.path.isdir(out)
             or any(os.path.isdir(s) for s in sources)):
         if manifest or workers or scheduler:
@@ -234,45 +270,6 @@ def _existing(job):
             "width": header.width, "height": header.height}
 
 
-class Progress:
-    """stderr: a line per file (or a progress bar on a terminal), a line per failure, a summary."""
-
-    def __init__(self, total, label, quiet=False, verbose=False):
-        self.total, self.quiet, self.count, self.t = total, quiet, 0, time.perf_counter()
-        self.lines = verbose or not sys.stderr.isatty()
-        self.bar = None if quiet or self.lines else click.progressbar(length=total, label=label, file=sys.stderr)
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def __call__(self, job, rec):
-        self.count += 1
-        where = f"[{self.count}/{self.total}] {job.src} -> {job.out}"
-        said = self.lines and not self.quiet
-        if rec["status"] == "failed":
-            clear = "" if self.bar is None else "\r\x1b[K"  # the bar's line, on a terminal
-            click.echo(f"{clear}minstf: error: {rec['error']['message']}", err=True)
-        elif rec["status"] == "skipped" and said:
-            click.echo(f"minstf: {where}: skipped (it exists; --force codes it again)", err=True)
-        elif said:
-            click.echo(f"minstf: {where}: {rec['width']}x{rec['height']}, {rec['bytes']:,} bytes, "
-                       f"{rec['bpp']:.4f} bpp, {rec['seconds']:.2f} s", err=True)
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def summary(self, records, manifest):
-        if not self.quiet:
-            n = {k: sum(r["status"] == k for r in records) for k in ("ok", "skipped", "failed")}
-            click.echo(f"minstf: {len(records)} files: {n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed, "
-                       f"{time.perf_counter() - self.t:.1f} s (manifest {manifest})", err=True)
-
-
 def exit_code(records):
     """0 if every file is ok or skipped, else the exit code of the first failure in input order."""
     return next(((r["error"] or {}).get("exit_code") or 1 for r in records if r["status"] == "failed"), 0)
@@ -295,7 +292,7 @@ def run(kind, sources, out, s, manifest=None, workers=None, scheduler=None, quie
         elif client is not None and verbose:
             click.echo(f"minstf: dask: {len(client.scheduler_info()['workers'])} workers "
                        f"({client.scheduler.address})", err=True)
-        with Progress(len(jobs), kind[:-1] + "ing", quiet, verbose) as progress:
+        with FileLines(len(jobs), kind[:-1] + "ing", quiet, verbose) as progress:
             records = run_batch(jobs, s, manifest, client, progress)
     progress.summary(records, manifest)
     return exit_code(records)

@@ -38,7 +38,32 @@ reported as damaged, and the symbol CRCs, checked by the decoder
 (`coding.check_symbols`), catch what is left: a decoder whose entropy parameters drifted
 from the encoder's (other machine, other backend) stops with `DecoderMismatch`
 instead of returning a wrong image. The weights fingerprint is checked with `check_weights`.
+
+Size claims (`check_payload_claim`, called by codec.read_header where the model is known): a
+header whose image size asks for more symbols than its payload can carry is refused before any
+work (a forged size with recomputed CRCs once cost 70 s and 3.6 GB before it failed). The bound:
+
+- a symbol coded with CDF row r has probability <= top(r) = the row's largest frequency / 2**16,
+  so it carries at least -log2 top(r) bits; every row gives its >= 2 positions (the escape
+  included) a frequency >= 1 (coding.CdfTable checks it), so that is >= MIN_SYMBOL_BITS =
+  -log2(1 - 2**-16) = 2.2e-5 bits for any row. z symbols use row = channel (known from the
+  header's size), y symbols a row chosen by the decoder, so y counts the least over all rows;
+  escapes only add symbols (the 4-bit chunks);
+- range ANS spends close to that: in the coder's state range [2**32, 2**64) a symbol of
+  frequency f multiplies the state by 2**16/f within a factor 1 +- 2**-16, which costs at most
+  about a bit per 32-bit word over a word's worth of symbols (BOUND_SHARE = 7/8 allows four
+  times that), and the final state, flushed at the end, is < STATE_BITS = 64 bits;
+- but that is not a theorem about constriction: its AnsCoder starts at state 0, where a symbol
+  at position 0 of its row (CDF start 0) leaves the state unchanged, so a run of such symbols
+  costs nothing (1,000,000 of them at frequency 2**16 - 1 encode to 0 words;
+  tests/test_bitstream.py). So the encoder checks the same bound (codec.encode_image) and
+  refuses to write a file that breaks it (only an image whose latents sit at the lowest value
+  of their rows could), which makes the decoder's refusal sound for every file minstf writes.
+
+The bound stops a small payload claiming a large image; a forger who supplies as many bytes as
+a flat image of the claimed size takes gets past it (and gets a wrong image or a CRC error).
 """
+import math
 import os
 import stat
 import struct
@@ -58,6 +83,9 @@ FINGERPRINT_BYTES = 16
 _PREFIX = struct.Struct("<4sBBB")            # magic, version, flags, n        (7 bytes)
 _FIXED = struct.Struct("<16sII4HHII")        # fingerprint .. y length       (42 bytes)
 _U32 = struct.Struct("<I")
+MIN_SYMBOL_BITS = -math.log2(1 - 2.0 ** -16)   # the least information of one coded symbol
+BOUND_SHARE = 7 / 8                            # of it, what range ANS surely spends
+STATE_BITS = 64                                # the coder's final state, flushed at the end
 
 
 @dataclass(frozen=True)
@@ -296,6 +324,22 @@ def describe(header, file_bytes, z_len, y_len, weights_note):
         ("payload", f"{payload:,} bytes (z {z_len:,}, y {y_len:,}); header {file_bytes - payload} bytes"),
         ("bpp", f"{8 * file_bytes / (h * w):.4f} (file), {8 * payload / (h * w):.4f} (payload)"),
     ]
+
+
+def min_payload_bytes(bits):
+    """The fewest bytes (whole 32-bit words) an entropy-coded string of symbols carrying at least
+    `bits` bits of information takes (the bound of the module docstring)."""
+    return 4 * max(0, math.ceil((bits * BOUND_SHARE - STATE_BITS) / 32))
+
+
+def check_payload_claim(header, z_len, y_len, z_bits, y_bits):
+    """Raise CorruptFile when the z or y string is too short for the information that the
+    symbols of the header's image size carry at least (z_bits, y_bits: codec.least_bits)."""
+    for name, length, bits in (("z", z_len, z_bits), ("y", y_len, y_bits)):
+        need = min_payload_bytes(bits)
+        if length < need:
+            raise CorruptFile(f"a {header.width}x{header.height} image needs a {name} payload of at least "
+                              f"{need:,} bytes, this one has {length:,}: the size is forged or the file is damaged")
 
 
 # --- checks done while decoding ---------------------------------------------------

@@ -1,7 +1,7 @@
 """The `minstf` command line: a thin layer of click commands over the library.
 
-    encode IN -o OUT.mstf   image -> .mstf (batch.encode_file)     info FILE     the header (bitstream)
-    decode IN -o OUT.png    .mstf -> PNG (batch.decode_file)       demo [IMAGE]  encode + decode + numbers
+    encode IN [-o OUT.mstf] image -> .mstf (batch.encode_file)     info FILE     the header (bitstream)
+    decode IN [-o OUT.png]  .mstf -> PNG, TIFF.. (batch.decode_file) demo [IMAGE]  encode + decode + numbers
     encode|decode IN... -o DIR/   many files, here or on Dask (batch.py)
     eval DIR                R-D against Pillow (tooling/evaluate)  convert CKPT OUT  checkpoint -> weights
     crosscheck IMAGE        minstf vs the PyTorch mirror (tooling/crosscheck)
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, batch, bitstream, fileio
+from . import __version__, batch, bitstream, fileio, progress
 from .backend import BACKENDS, BackendUnavailable
 from .errors import MinstfError, WrongWeights
 from .fileio import display_name as _name
@@ -67,9 +67,9 @@ def _say(text):
     click.echo("minstf: " + text, err=True)
 
 
-def _read_image(src, quiet):
+def _read_image(src, quiet, orient=False):
     notices = []
-    image = fileio.read_image_file(src, notices)
+    image = fileio.read_image_file(src, notices, orient)
     for line in [] if quiet else notices:
         _say("note: " + line)
     return image
@@ -110,6 +110,7 @@ output_options = _options(
     click.option("--force", "-f", is_flag=True, help="Overwrite an existing output file (never an input)."),
     click.option("-v", "--verbose", is_flag=True, help="Say more: weights, modes, timings."),
     click.option("--quiet", is_flag=True, help="Print nothing but errors."))
+THREADS_OPTION = click.option("--threads", type=click.IntRange(min=1), metavar="N", help=progress.THREADS_HELP)
 PORTABLE_OPTION = click.option(
     "--portable/--fast", default=True, show_default=True,
     help="Portable: entropy parameters in float64, so the file decodes on other machines and backends. "
@@ -137,47 +138,45 @@ batch_options = _options(
 
 @main.command()
 @click.argument("srcs", metavar="IN...", nargs=-1, required=True, type=OUTPUT)
-@click.option("-o", "--output", "out", required=True, type=OUTPUT, help="The .mstf file ('-': stdout), or DIR/.")
+@click.option("-o", "--output", "out", type=OUTPUT, help="The .mstf file ('-': stdout; default: IN.mstf), or DIR/.")
 @weights_options
 @PORTABLE_OPTION
+@THREADS_OPTION
 @batch_options
 @output_options
 @reports_errors
-def encode(srcs, out, weights, quality, backend, kernels, portable, force, verbose, quiet, **batched):
-    """Compress an image (PNG, JPEG, ...; '-': stdin) to a .mstf file; several images or directories
-    (recursed) into DIR/, names kept, existing outputs skipped (README "Many images")."""
+def encode(srcs, out, weights, quality, backend, kernels, portable, threads, force, verbose, quiet, **batched):
+    """Compress an image (PNG, JPEG, ...; '-': stdin) to a .mstf file, EXIF orientation applied, metadata
+    dropped; several images or directories (recursed) into DIR/, names kept, existing outputs skipped."""
     _verbosity(verbose, quiet)
     s = batch.Settings(str(_weights(weights, quality)), None, backend, kernels, portable, force)
-    if batch.is_batch(srcs, out, **batched):
-        sys.exit(batch.run("encode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))
-    n = batch.encode_file(srcs[0], out, s, [srcs[0], s.weights], lambda p: _load(p, backend, kernels, verbose),
-                          note=None if quiet else lambda line: _say("note: " + line))
-    if not quiet:
-        _say(f"{_name(srcs[0], 'stdin')} -> {_name(out, 'stdout')}: {n['width']}x{n['height']}, {n['bytes']:,} bytes, "
-             f"{n['bpp']:.4f} bpp ({n['payload_bpp']:.4f} payload), {'portable' if portable else 'fast'} mode, "
-             f"{n['seconds']:.2f} s")
+    with progress.threads(threads):
+        if batch.is_batch(srcs, out, **batched):
+            sys.exit(batch.run("encode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))
+        batch.single("encode", srcs[0], out, s, lambda p: _load(p, backend, kernels, verbose), _say, quiet, verbose)
 
 
 @main.command()
 @click.argument("srcs", metavar="IN...", nargs=-1, required=True, type=OUTPUT)
-@click.option("-o", "--output", "out", required=True, type=OUTPUT, help="The PNG file ('-': stdout), or DIR/.")
+@click.option("-o", "--output", "out", type=OUTPUT,
+              help="The image, in the lossless format its name says: .png .ppm .pnm .tif .tiff .bmp .tga .webp "
+                   "('-': PNG on stdout; default: IN.png), or DIR/.")
 @weights_options
+@THREADS_OPTION
 @batch_options
 @output_options
 @reports_errors
-def decode(srcs, out, weights, quality, backend, kernels, force, verbose, quiet, **batched):
-    """Decompress a .mstf file ('-': stdin) to a PNG image (without --weights or -q: the shipped
+def decode(srcs, out, weights, quality, backend, kernels, threads, force, verbose, quiet, **batched):
+    """Decompress a .mstf file ('-': stdin) to a lossless image (without --weights or -q: the shipped
     weights it was made with, found by their fingerprint); several, or directories, into DIR/."""
     _verbosity(verbose, quiet)
     if weights or quality:
         _weights(weights, quality)                               # not both; the file of -q exists
     s = batch.Settings(weights, quality, backend, kernels, force=force)
-    if batch.is_batch(srcs, out, **batched):
-        sys.exit(batch.run("decode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))
-    n = batch.decode_file(srcs[0], out, s, [srcs[0]], lambda p: _load(p, backend, kernels, verbose))
-    if not quiet:
-        _say(f"{_name(srcs[0], 'stdin')} -> {_name(out, 'stdout')}: {n['width']}x{n['height']}, {n['bytes']:,} bytes, "
-             f"{n['bpp']:.4f} bpp, {n['seconds']:.2f} s")
+    with progress.threads(threads):
+        if batch.is_batch(srcs, out, **batched):
+            sys.exit(batch.run("decode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))
+        batch.single("decode", srcs[0], out, s, lambda p: _load(p, backend, kernels, verbose), _say, quiet, verbose)
 
 
 @main.command()
@@ -204,15 +203,17 @@ def info(src, weights):
 @weights_options
 @PORTABLE_OPTION
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the .mstf and PNG files in this folder.")
+@THREADS_OPTION
 @output_options
 @reports_errors
-def demo(src, weights, quality, backend, kernels, portable, keep, force, verbose, quiet):
+def demo(src, weights, quality, backend, kernels, portable, keep, threads, force, verbose, quiet):
     """Encode and decode an image (default: a packaged sample) and print bpp, PSNR and MS-SSIM."""
     _verbosity(verbose, quiet)
     src, path = src or str(SAMPLE), _weights(weights, quality)
-    image = _read_image(src, quiet)
+    image = _read_image(src, quiet, orient=True)
     model = _load(path, backend, kernels, verbose)
-    click.echo(evaluate.run_demo(model, image, src, path, backend, portable, keep, force, inputs=[src, path]))
+    with progress.threads(threads):
+        click.echo(evaluate.run_demo(model, image, src, path, backend, portable, keep, force, inputs=[src, path]))
 
 
 def _int_list(ctx, param, value):

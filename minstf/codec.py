@@ -7,8 +7,11 @@
 """
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import bitstream
 from .backend import to_device
+from .coding import PRECISION
 from .errors import BadInput, CorruptFile, WrongWeights
 from .image import check_size, crop, eval_padding, pad, to_float, to_uint8
 from .model import Compressed
@@ -31,10 +34,19 @@ class EncodeStats:
         return 8 * self.payload_bytes / (self.height * self.width)
 
 
-def symbol_counts(config, padded_size):
-    """(z symbols, y symbols) of an image padded to (Hp, Wp): N_z * zh * zw and M * H4 * W4."""
-    H4, W4 = (side // config.downsampling for side in padded_size)
-    return config.N_z * (H4 // 4) * (W4 // 4), config.M * H4 * W4
+def _row_bits(table):
+    """(rows,) the fewest bits a symbol coded with each row carries: -log2 of its top probability."""
+    top = [np.diff(table.cdf[r, :n]).max() for r, n in enumerate(table.cdf_length)]
+    return -np.log2(np.asarray(top, dtype=np.float64) / 2.0 ** PRECISION)
+
+
+def least_bits(model, padded_size):
+    """(z bits, y bits): the least information in the symbols of an image padded to (Hp, Wp)
+    (bitstream "Size claims"): z (1, H4 // 4, W4 // 4, N_z) with row = channel; y M * H4 * W4
+    symbols of any row."""
+    H4, W4 = (side // model.config.downsampling for side in padded_size)
+    z_bits = (H4 // 4) * (W4 // 4) * float(_row_bits(model.eb_table)[:model.config.N_z].sum())
+    return z_bits, model.config.M * H4 * W4 * float(_row_bits(model.gc_table).min())
 
 
 def _stage(progress, name):
@@ -67,7 +79,7 @@ def encode_image(model, image, portable=True, progress=None):
                               portable=portable)
     try:  # what the decoder checks (bitstream "Size claims"): never write a file it refuses
         bitstream.check_payload_claim(header, len(c.z_string), len(c.y_string),
-                                      *symbol_counts(model.config, x.shape[2:]))
+                                      *least_bits(model, x.shape[2:]))
     except CorruptFile as err:
         raise BadInput(f"this image cannot be coded into a file minstf would read back ({err})") from None
     data = bitstream.pack(header, c.z_string, c.y_string, model.config.pad_multiple)
@@ -86,7 +98,7 @@ def read_header(data, model=None):
         if header.num_slices != model.config.num_slices:  # only with forged fingerprints
             raise WrongWeights(f"the file has {header.num_slices} slices, the weights {model.config.num_slices}")
         bitstream.check_payload_claim(header, len(z_string), len(y_string),
-                                      *symbol_counts(model.config, header.padded_size))
+                                      *least_bits(model, header.padded_size))
     return header, z_string, y_string
 
 

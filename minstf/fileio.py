@@ -78,13 +78,14 @@ def naming(name):
         raise type(err)(f"{name}: {err}") from None
 
 
-def read_image_file(src, notices=None):
-    """uint8 RGB (H, W, 3) of an image file or `-` (stdin); lossy conversions noted in `notices`."""
+def read_image_file(src, notices=None, orient=False):
+    """uint8 RGB (H, W, 3) of an image file or `-` (stdin); lossy conversions noted in `notices`;
+    orient: apply the EXIF orientation (image.read_image)."""
     with opened(src) as f:
         if src == "-":
             f = io.BytesIO(f.read())
             f.name = "<stdin>"
-        return read_image(f, notices=notices)
+        return read_image(f, notices=notices, orient=orient)
 
 
 def read_mstf(src):
@@ -153,6 +154,16 @@ def stdout():
     if stream.isatty():
         raise BadInput("refusing to write binary data to a terminal: use -o FILE, or redirect stdout")
     return stream
+
+
+def default_output(kind, src, out):
+    """The output of one file: `out`, or without -o the input's name with .mstf (encode) or
+    .png (decode) next to it (photo.png -> photo.mstf -> photo.png); never for `-`."""
+    if out is not None:
+        return out
+    if src == "-":
+        raise BadInput(f"{kind} from stdin needs -o FILE (or -o - for stdout)")
+    return str(Path(src).with_suffix(".mstf" if kind == "encode" else ".png"))
 
 
 def png_bytes(image):

@@ -23,9 +23,18 @@ notice, see `read_image`):
     16-bit RGB(A) PNG     Pillow keeps the high byte, floor(v / 256) (notice)
     F                     refused (floating-point images)
     animated              first frame (notice)
-    EXIF orientation      ignored, pixels are coded as stored (notice), like upstream
+    EXIF orientation      ignored, pixels as stored (notice), like upstream; with
+                          orient=True (the CLI's encode and demo) applied with
+                          ImageOps.exif_transpose, as a viewer shows the image (notice)
+    EXIF, ICC, XMP        not carried (a .mstf file holds pixels only); with orient=True
+                          a notice names what was dropped, as cwebp without -metadata.
+                          The pixels are never colour-converted: an ICC profile is ignored.
 
-ICC profiles are ignored. Images with a side over MAX_SIDE or more than MAX_PIXELS
+Decoded images are written in any lossless format Pillow writes (`LOSSLESS`, by the
+output's extension: PNG, PPM/PNM, TIFF, BMP, TGA, WebP with lossless=True); a lossy one
+(`LOSSY`: JPEG, AVIF, JPEG 2000, HEIF, GIF's palette) is refused with BadInput.
+
+Images with a side over MAX_SIDE or more than MAX_PIXELS
 pixels are refused from their declared size, before any pixel is decoded (Pillow's
 own decompression-bomb guard, at 2 * Image.MAX_IMAGE_PIXELS, may refuse first).
 """
@@ -33,7 +42,7 @@ import struct
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .backend import to_host, xp_of
 from .errors import BadInput
@@ -51,12 +60,13 @@ class InputNotice(UserWarning):
 
 # --- reading and writing -------------------------------------------------------------
 
-def read_image(src, notices=None):
+def read_image(src, notices=None, orient=False):
     """Read an image file (path or binary file object) as uint8 RGB (H, W, 3).
 
     Lossy conversions are reported as one-line notices: appended to `notices` when
     it is a list, else issued as `InputNotice` warnings. Raises BadInput for
-    anything that is not a readable image of an acceptable size.
+    anything that is not a readable image of an acceptable size. orient: apply the EXIF
+    orientation and note the metadata that is dropped (see the table above).
     """
     name = str(getattr(src, "name", "<stream>")) if hasattr(src, "read") else str(src)
     said = []
@@ -72,7 +82,16 @@ def read_image(src, notices=None):
                 if frames > 1:
                     said.append(f"{name}: animated image, using the first of {frames} frames")
                 orientation = _exif_orientation(im)
-                if orientation not in (1, None):
+                if orient:
+                    dropped = _metadata(im)
+                    if orientation not in (1, None):
+                        im = ImageOps.exif_transpose(im)
+                        said.append(f"{name}: EXIF orientation {orientation} applied (the image is coded "
+                                    f"as a viewer shows it)")
+                    if dropped:
+                        said.append(f"{name}: metadata dropped: {', '.join(dropped)} (a .mstf file holds "
+                                    f"pixels only)")
+                elif orientation not in (1, None):
                     said.append(f"{name}: EXIF orientation {orientation} ignored, pixels coded as stored")
                 rgb = _to_rgb(im, name, said)
     except BadInput:
@@ -101,6 +120,17 @@ def _exif_orientation(im):
         return im.getexif().get(0x0112, 1)
     except Exception:                                          # broken EXIF: not our business
         return 1
+
+
+def _metadata(im):
+    """The metadata of an opened image that a .mstf file does not carry."""
+    try:
+        exif = bool(im.getexif())
+    except Exception:                                          # broken EXIF: still EXIF
+        exif = "exif" in im.info
+    found = [("EXIF", exif), ("ICC profile (pixels kept as stored, not converted)", "icc_profile" in im.info),
+             ("XMP", any("xmp" in str(k).lower() for k in im.info))]
+    return [what for what, there in found if there]
 
 
 def check_size(h, w, name="image"):
@@ -139,6 +169,37 @@ def _to_rgb(im, name, said):
     except ValueError:
         raise BadInput(f"{name}: unsupported image mode {mode}") from None
     return np.array(rgb)                                       # a writable copy
+
+
+LOSSLESS = {".png": ("PNG", {}), ".ppm": ("PPM", {}), ".pnm": ("PPM", {}), ".tif": ("TIFF", {}),
+            ".tiff": ("TIFF", {}), ".bmp": ("BMP", {}), ".tga": ("TGA", {}),
+            ".webp": ("WEBP", {"lossless": True, "quality": 100, "exact": True})}
+LOSSY = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".avif": "AVIF",
+         ".heic": "HEIF", ".heif": "HEIF", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".jpx": "JPEG 2000",
+         ".gif": "GIF (256 colours)", ".jxl": "JPEG XL (Pillow writes it lossy)"}
+
+
+def output_format(path):
+    """(Pillow format, save options) for a decoded image named `path`, by its extension;
+    BadInput for a lossy or unknown one."""
+    suffix = "." + str(path).rsplit(".", 1)[-1].lower() if "." in str(path).rsplit("/", 1)[-1] else ""
+    if suffix in LOSSLESS:
+        return LOSSLESS[suffix]
+    names = ", ".join(LOSSLESS)
+    if suffix in LOSSY:
+        raise BadInput(f"{path}: {LOSSY[suffix]} is lossy and would change the decoded pixels; "
+                       f"name the output with a lossless format: {names}")
+    raise BadInput(f"{path}: unknown image extension {suffix or '(none)'}; name the output {names}")
+
+
+def encode_lossless(image, path="x.png"):
+    """The bytes of uint8 RGB (H, W, 3) in the lossless format of `path`'s extension."""
+    import io
+
+    fmt, options = output_format(path)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(to_host(image)), "RGB").save(buf, format=fmt, **options)
+    return buf.getvalue()
 
 
 def write_png(image, dst):

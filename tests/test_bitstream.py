@@ -322,3 +322,21 @@ def test_read_checks_a_files_size_before_its_payload(tmp_path):
     with open(sparse, "rb") as f:
         with pytest.raises(CorruptFile, match=f"trailing garbage: expected {len(FILE)} bytes, got {40 * 10**9}"):
             read(f)
+
+
+def test_the_size_claim_bound_and_why_the_encoder_checks_it_too():
+    """min_payload_bytes grows with the information and is 0 for what the final state holds;
+    constriction codes a run of position-0 symbols from its initial state 0 in no words at all,
+    which is why codec.encode_image refuses to write a file that breaks the bound."""
+    import constriction
+    import numpy as np
+
+    from minstf.bitstream import MIN_SYMBOL_BITS, STATE_BITS, min_payload_bytes
+
+    assert min_payload_bytes(0) == 0 and min_payload_bytes(STATE_BITS) == 0
+    assert min_payload_bytes(10 ** 6) == 4 * -(-(10 ** 6 * 7 // 8 - STATE_BITS) // 32)
+    assert MIN_SYMBOL_BITS == pytest.approx(2.2014e-5, rel=1e-4)
+    probable = constriction.stream.model.Categorical(np.array([2 ** 16 - 1, 1]) / 2 ** 16, perfect=False)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(np.zeros(10 ** 6, np.int32), probable)
+    assert coder.get_compressed().size == 0
