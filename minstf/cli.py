@@ -235,23 +235,23 @@ def _int_list(ctx, param, value):
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images (sorted by name).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numpy", show_default=True, help="numpy or cupy (GPU)")
 @click.option("--no-plot", is_flag=True, help="Skip rd.png (and matplotlib).")
+@click.option("--workers", type=click.IntRange(min=1), help="Evaluate on a local Dask cluster of N processes.")
+@click.option("--scheduler", metavar="ADDRESS", help="Evaluate on a running Dask cluster (tcp://host:8786).")
 @output_options
 @reports_errors
 def eval_(folder, out_dir, qualities, weights, baselines, jpeg_qualities, webp_qualities, avif_qualities,
-          limit, backend, no_plot, force, verbose, quiet):
+          limit, backend, no_plot, workers, scheduler, force, verbose, quiet):
     """Rate-distortion evaluation of minstf and Pillow's JPEG, WebP, AVIF on the images of DIR:
     a table and BD-rates on stdout, CompressAI-style <codec>.json and rd.png in --out."""
     _verbosity(verbose, quiet)
-    if weights and qualities is not None:
-        raise click.UsageError("give --weights or --qualities, not both")
-    runs, codecs = evaluate.plan(weights, qualities, baselines)
+    runs, codecs = evaluate.plan(weights, qualities, baselines, workers, scheduler)  # or a usage error
     points = {"jpeg": jpeg_qualities, "webp": webp_qualities, "avif": avif_qualities}
     shown = not quiet and sys.stderr.isatty()             # (click 8.1 has no hidden=)
     total = evaluate.total_steps(folder, limit, runs, codecs, points)
     with click.progressbar(length=total, label="evaluating", file=sys.stderr if shown else io.StringIO()) as bar:
         evaluate.run_eval(folder, out_dir, runs, codecs, points, limit, backend, not no_plot, force,
-                          load=lambda path: _load(path, backend, "fast", verbose),
-                          say=None if quiet else _say, progress=lambda _: bar.update(1))
+                          load=lambda path: _load(path, backend, "fast", verbose), say=None if quiet else _say,
+                          progress=lambda _: bar.update(1), workers=workers, scheduler=scheduler)
 
 
 @main.command()

@@ -1,18 +1,22 @@
 """Rate-distortion evaluation (tooling/evaluate.py, `minstf eval`): BD-rate on hand-computed curves,
 the Pillow baselines on tiny images, and the command on two small images with the small
-random-weight model of test_codec.py (its numbers mean nothing; the layout does)."""
+random-weight model of test_codec.py (its numbers mean nothing; the layout does); the command
+on a real Dask LocalCluster of 2 worker processes gives the numbers of an in-process run."""
 import importlib.util
 import io
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image, features
+from threadpoolctl import threadpool_limits
 
 from minstf.cli import main
 from minstf.errors import BadInput, MinstfError
+from minstf.tooling import cluster
 from minstf.tooling.evaluate import bd_psnr, bd_rate, evaluate_pillow, image_paths, plot_rd
 
 from test_codec import sample_image, small_weights  # noqa: F401 (a fixture)
@@ -132,6 +136,8 @@ def test_eval_command(folder, tmp_path_factory, small_weights, monkeypatch):  # 
 
     r = run(*args)                                                 # outputs exist: refused before any work
     assert r.exit_code == 8 and "--force" in r.stderr
+    r = run(*args, "--workers", 2, "--scheduler", "tcp://127.0.0.1:1")
+    assert r.exit_code == 2 and "give --workers or --scheduler, not both" in r.stderr
 
 
 def test_eval_usage_errors(folder, small_weights, monkeypatch, tmp_path):  # noqa: F811
@@ -146,3 +152,69 @@ def test_eval_usage_errors(folder, small_weights, monkeypatch, tmp_path):  # noq
     (tmp_path / "empty").mkdir()
     r = run(tmp_path / "empty", "--out", tmp_path / "o", "--qualities", "none", "--baselines", "jpeg")
     assert r.exit_code == 3 and "no PNG or JPEG images" in r.stderr
+
+
+# --- on a Dask cluster of 2 worker processes -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def dask_client():
+    pytest.importorskip("dask.distributed", reason="the Dask tests need minstf[dask] (dask[distributed])")
+    with cluster.client(workers=2) as client:
+        yield client
+
+
+def without_times(result):
+    """A JSON result less its times (measured where each image ran) and the description's
+    sentence that says where that was."""
+    drop = ("encoding_time", "decoding_time")
+    return {"name": result["name"], "description": result["description"].split(" Times: ")[0],
+            "results": {k: v for k, v in result["results"].items() if k not in drop},
+            "per_image": [{**p, "images": [{k: v for k, v in row.items() if k not in drop} for row in p["images"]]}
+                          for p in result["per_image"]]}
+
+
+def test_eval_on_dask_matches_in_process(folder, tmp_path, small_weights, dask_client, monkeypatch):  # noqa: F811
+    """The same numbers, exactly: this process runs BLAS on as many threads as each worker (the
+    float32 synthesis, hence PSNR and MS-SSIM, depends on the BLAS thread count; bpp does not)."""
+    monkeypatch.setenv("MINSTF_WEIGHTS_DIR", str(small_weights))  # read here: workers get the paths
+    plot = [] if HAVE_MATPLOTLIB else ["--no-plot"]
+    args = [folder, "--qualities", "2", "--baselines", "jpeg,webp", "--jpeg-qualities", "20,50",
+            "--webp-qualities", "30", *plot]
+    with threadpool_limits(cluster.worker_threads(2)):
+        here = run(*args, "--out", tmp_path / "here")
+    there = run(*args, "--out", tmp_path / "dask", "--scheduler", dask_client.scheduler.address)
+    assert here.exit_code == 0 and there.exit_code == 0, (here.output, there.output, there.exception)
+    assert f"minstf: dask: 2 workers ({dask_client.scheduler.address})" in there.stderr
+    assert [line[:60] for line in here.stdout.splitlines()] == [line[:60] for line in there.stdout.splitlines()]
+    for name in ("minstf.json", "jpeg.json", "webp.json"):          # everything but the times
+        a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("here", "dask"))
+        assert without_times(a) == without_times(b), name
+        assert "in one process" in a["description"] and "on the Dask worker" in b["description"]
+        assert all(row["encoding_time"] > 0 for p in b["per_image"] for row in p["images"])
+    if HAVE_MATPLOTLIB:                                             # drawn from the same numbers
+        assert (tmp_path / "here" / "rd.png").read_bytes() == (tmp_path / "dask" / "rd.png").read_bytes()
+    loads = dask_client.run(lambda: len(__import__("minstf.batch").batch.LOADS))
+    assert sorted(loads.values()) in ([0, 1], [1, 1])               # each worker: the q2 model once
+
+
+def test_eval_on_dask_a_bad_image_fails_once(folder, tmp_path, small_weights, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MINSTF_WEIGHTS_DIR", str(small_weights))
+    pytest.importorskip("dask.distributed", reason="the Dask tests need minstf[dask] (dask[distributed])")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes((folder / "a.png").read_bytes())
+    (tmp_path / "in" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    t = time.perf_counter()
+    r = run(tmp_path / "in", "--out", tmp_path / "out", "--qualities", "2", "--baselines", "jpeg",
+            "--jpeg-qualities", "20,50", "--no-plot", "--workers", "2")   # a LocalCluster of its own
+    assert r.exit_code == BadInput.exit_code, (r.output, r.exception)
+    assert [line for line in r.stderr.splitlines() if "error" in line] == [
+        f"minstf: error: {tmp_path / 'in' / 'b.png'}: not an image, or a format Pillow cannot read"]
+    assert not list((tmp_path / "out").glob("*.json")) and time.perf_counter() - t < 20
+
+
+def test_eval_workers_without_dask(folder, tmp_path, monkeypatch):
+    for module in ("dask", "dask.distributed", "distributed"):
+        monkeypatch.setitem(sys.modules, module, None)
+    r = run(folder, "--out", tmp_path, "--qualities", "none", "--baselines", "jpeg", "--no-plot", "--workers", "2")
+    assert r.exit_code == 1 and r.stderr == "minstf: error: --workers and --scheduler need Dask: " \
+                                            "pip install 'minstf[dask]'\n"
