@@ -57,8 +57,8 @@ def _stage(progress, name):
 def encode_image(model, image, portable=True, progress=None):
     """uint8 (H, W, 3) -> (bytes of a .mstf file, EncodeStats).
 
-    progress (optional): called with the name of each step as it begins, and None at the end
-    (model.compress is one step: its analysis, hyperprior and slices are not seen from here).
+    progress (optional): called with the name of each step as it begins (pad, analysis, hyperprior,
+    slice 1/S ... S/S, pack), and None at the end.
 
     portable (the default, as in the CLI): the entropy parameters are computed in float64,
     so the file decodes on any machine and backend. portable=False computes them in float32
@@ -71,8 +71,7 @@ def encode_image(model, image, portable=True, progress=None):
     _stage(progress, "pad")
     ltrb = eval_padding(h, w, model.config.pad_multiple)
     x = pad(to_float(to_device(image, model.xp)), ltrb)  # (1, 3, H, W) -> (1, 3, Hp, Wp)
-    _stage(progress, f"compress (analysis, hyperprior, {model.config.num_slices} slices)")
-    c = model.compress(x, portable=portable)
+    c = model.compress(x, portable=portable, progress=progress)  # analysis, hyperprior, slice 1/S ...
     _stage(progress, "pack")
     header = bitstream.Header(model_id=model.model, fingerprint=bitstream.fingerprint_of(model.fingerprint),
                               height=h, width=w, padding=ltrb, z_crc=c.z_crc, y_crcs=c.slice_crcs,
@@ -109,8 +108,7 @@ def decode_image(model, data, progress=None):
     Hp, Wp = header.padded_size
     d = model.config.downsampling
     c = Compressed(z_string, y_string, (Hp // d, Wp // d), header.z_crc, header.y_crcs, header.portable)
-    _stage(progress, f"decompress (hyperprior, {header.num_slices} slices, synthesis)")
-    x_hat = model.decompress(c)  # (1, 3, Hp, Wp) in [0, 1]
+    x_hat = model.decompress(c, progress=progress)  # hyperprior, slice 1/S ..., synthesis: (1, 3, Hp, Wp) in [0, 1]
     _stage(progress, "crop")
     image = to_uint8(crop(x_hat, header.padding))
     _stage(progress, None)

@@ -146,19 +146,23 @@ class STF:
             taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat)
         return {"x_hat": nchw(x_hat), "likelihoods": {"y": nchw(xp.concatenate(lik_y, axis=-1)), "z": nchw(lik_z)}}
 
-    def compress(self, x, portable=False, taps=None):
+    def compress(self, x, portable=False, taps=None, progress=None):
         """Encode one image (1, 3, H, W) whose latent size is a multiple of 4 -> Compressed.
 
         taps (optional dict) records what forward() records, the encoder's side of it.
+        progress (optional) is called with the name of each step as it begins.
 
         The steps, mirrored one for one by decompress():
         """
         xp, c, k = self.xp, self.config, self.k
+        say = progress or (lambda name: None)
         x = self._input(x)
         if x.shape[0] != 1:
             raise BadInput("compress() takes one image at a time")
+        say("analysis")
         y = self.t.g_a(x, self.params, c, taps, k)  # 1. analysis: (1, H4, W4, M)
         self._check_codable(y)
+        say("hyperprior")
         z = self.t.h_a(y, self.params, c, k)  # 2. hyper analysis: (1, zh, zw, N_z)
         z_symbols = quantize_symbols(z, self.medians)  # 3. z symbols = round(z - medians), int32
         z_flat = to_host(channel_first_flat(z_symbols))
@@ -176,18 +180,23 @@ class STF:
             crcs.append(symbols_crc(flat))  # 8. a CRC per slice, for the decoder to check
             return symbols
 
-        y_hat = run_slices(latent_means, latent_scales, self.entropy_params(portable), c, quantize, taps, k)
+        y_hat = run_slices(latent_means, latent_scales, self.entropy_params(portable), c, quantize, taps, k,
+                           on_slice=lambda s: say(f"slice {s + 1}/{c.num_slices}"))
         if taps is not None:
             taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat)
         return Compressed(z_encoder.finish(), y_encoder.finish(), tuple(y.shape[1:3]),
                           symbols_crc(z_flat), tuple(crcs), portable)
 
-    def decompress(self, compressed: Compressed):
+    def decompress(self, compressed: Compressed, progress=None):
         """Decode -> x_hat (1, 3, 16*H4, 16*W4) clamped to [0, 1], an array of the backend.
+
+        progress (optional) is called with the name of each step as it begins.
 
         The steps of compress(), backwards:
         """
         xp, c, k = self.xp, self.config, self.k
+        say = progress or (lambda name: None)
+        say("hyperprior")
         H4, W4 = compressed.y_shape
         z_shape = (1, H4 // 4, W4 // 4, c.N_z)  # 2. the hyper analysis' output size
         z_flat = SymbolDecoder(compressed.z_string).read(self._z_indexes(z_shape), self.eb_table)  # 4. z string
@@ -211,9 +220,10 @@ class STF:
             return from_channel_first_flat(to_device(flat, xp), mu.shape)  # (1, H4, W4, Cs)
 
         y_hat = run_slices(latent_means, latent_scales, self.entropy_params(compressed.portable), c, dequantize,
-                           kernels=k)
+                           kernels=k, on_slice=lambda s: say(f"slice {s + 1}/{c.num_slices}"))
         if not y_decoder.at_end():
             raise CorruptFile("the y payload has data left over after the last slice: the file is damaged")
+        say("synthesis")
         x_hat = self.t.g_s(y_hat.astype(xp.float32), self.params, c, kernels=k)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
         return nchw(xp.clip(x_hat, 0, 1))
 

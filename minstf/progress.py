@@ -2,10 +2,11 @@
 
     Stages(label, shown, verbose)   the callback codec.encode_image / decode_image call with the
                                     name of each step as it begins (None: done). On a terminal
-                                    (`shown`) one line is redrawn: `minstf: photo.png: compress
-                                    (analysis, hyperprior, 4 slices)… 3.2 s`, and erased at the
-                                    end; `verbose` prints every step's time afterwards. Steps are
-                                    the codec's: model.compress and model.decompress are one each.
+                                    (`shown`) one line is redrawn: `minstf: photo.png: slice 3/12…
+                                    1.2 s`, and erased at the end; `verbose` prints every step's
+                                    time afterwards. Steps: pad, analysis, hyperprior, slice s/S,
+                                    pack (encode); check header, hyperprior, slice s/S, synthesis,
+                                    crop (decode).
     FileLines(total, label)         a batch: a line per file (a progress bar on a terminal), a line
                                     per failure, a summary (batch.run)
     threads(n)                      for the run: minstf's host threads ($MINSTF_NUM_THREADS, read

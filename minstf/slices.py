@@ -23,7 +23,8 @@ from .switch import DEFAULT_KERNELS
 from .transforms import slice_network
 
 
-def run_slices(latent_means, latent_scales, params, config, quantize, taps=None, kernels=DEFAULT_KERNELS):
+def run_slices(latent_means, latent_scales, params, config, quantize, taps=None, kernels=DEFAULT_KERNELS,
+               on_slice=None):
     """Decode-order loop over the slices; returns y_hat (B, H, W, M).
 
     latent_means, latent_scales: (B, H, W, M) from h_mean_s / h_scale_s
@@ -31,12 +32,15 @@ def run_slices(latent_means, latent_scales, params, config, quantize, taps=None,
     quantize(s, mu, scale) -> integer-valued array (B, H, W, Cs) of symbols for slice s.
     taps: optional dict; receives the per-slice tensors concatenated over the slices
     under the golden names mu, scale, y_hat_pre_lrp, lrp_raw (each (B, H, W, M)).
+    on_slice: optional callback, called with s as slice s begins (progress reports).
     """
     xp = xp_of(latent_means)
     H, W = latent_means.shape[1:3]
     y_hat_slices = []
     record = {"mu": [], "scale": [], "y_hat_pre_lrp": [], "lrp_raw": []}
     for s in range(config.num_slices):
+        if on_slice is not None:
+            on_slice(s)
         support = y_hat_slices[: config.max_support_slices]  # the FIRST finished slices
         mean_support = xp.concatenate([latent_means] + support, axis=-1)  # (B, H, W, M + Cs*k)
         scale_support = xp.concatenate([latent_scales] + support, axis=-1)
