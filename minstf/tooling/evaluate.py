@@ -94,7 +94,7 @@ def minstf_row(model, path):
     """One image through one model: encode_image -> decode_image, and forward() (module docstring)."""
     image = read_image(path)
     t0 = time.perf_counter()
-    data, stats = encode_image(model, image)
+    data, stats = encode_image(model, image, portable=False)  # float32: the mode forward() mirrors (psnr-float)
     t1 = time.perf_counter()
     decoded, _ = decode_image(model, data)      # DecoderMismatch unless every CRC holds
     t2 = time.perf_counter()
