@@ -69,6 +69,8 @@ class STFConfig:
     max_support_slices: int = 6
     slice_hidden: tuple = (224, 176, 128, 64)
 
+    model = "stf"  # a class attribute, not a field: the model id of weight files and bitstreams
+
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 — frozen
         for name, (low, high) in INT_RANGES.items():
@@ -192,7 +194,7 @@ class WACNNConfig:
     max_support_slices: int = 5
     slice_hidden: tuple = (224, 176, 128, 64)
 
-    model = "cnn"  # a class attribute, not a field: the bitstream's model id
+    model = "cnn"  # a class attribute, not a field: the model id of weight files and bitstreams
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 — frozen

@@ -7,8 +7,10 @@ default configuration it reproduces `spec/keys-stf.tsv` row for row.
 
 `config_from_shapes` runs the other way: the one configuration whose keys and
 shapes a set of tensors has (a minstf weight file's metadata must name exactly it).
-`relative_position_index` (from minstf/reference/swin.py) is the formula of the one constant
-buffer that checkpoints carry and minstf derives.
+`wacnn_state_dict_spec` and `wacnn_config_from_shapes` are the same pair for WACNN (`cnn`).
+`constant_buffers` gives the values of the constant buffers that checkpoints carry and
+minstf derives (relative_position_index, from minstf/reference/swin.py; GDN's
+reparametrisation constants), so that a converter can check them.
 
 Layouts are PyTorch's: Linear (out, in), Conv2d (out, in, kH, kW).
 """
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import MAX_STAGES, STFConfig, WACNNConfig
-from .reference.swin import relative_position_index  # noqa: F401 (the formula lives with the attention)
+from .reference.swin import relative_position_index  # the formula lives with the attention
+from .reference.wacnn import BETA_MIN, PEDESTAL  # GDN's reparametrisation constants
 
 # Entropy-model buffers whose shape is only known after the CDF tables are built
 # (empty in a freshly constructed upstream model and in train.py checkpoints).
@@ -276,3 +279,45 @@ def wacnn_state_dict_spec(config: WACNNConfig = WACNNConfig()):
 def wacnn_param_spec(config: WACNNConfig = WACNNConfig()):
     """Only WACNN's learned parameters."""
     return [k for k in wacnn_state_dict_spec(config) if k.kind == "param"]
+
+
+def wacnn_config_from_shapes(shapes):
+    """The WACNNConfig of {minstf key: shape}; KeyError, IndexError or ValueError if there is none.
+
+    As config_from_shapes: g_a.0 gives N and in_chans, g_a.7 gives M, the bias tables of
+    the two g_a attention blocks give num_heads and the two window sizes, the slice
+    networks give num_slices, slice_hidden and the support cap.
+    """
+    N, in_chans, _, _ = shapes["g_a.0.weight"]
+    M = shapes["g_a.7.weight"][0]
+    rows0, heads = shapes["g_a.4.conv_b.0.attn.relative_position_bias_table"]
+    rows1 = shapes["g_a.8.conv_b.0.attn.relative_position_bias_table"][0]
+    ws = tuple((math.isqrt(rows) + 1) // 2 for rows in (rows0, rows1))  # rows = (2 ws - 1)^2
+    num_slices = max(int(k.split(".")[1]) for k in shapes if k.startswith("cc_mean_transforms.")
+                     and k.split(".")[1].isdecimal() and len(k.split(".")[1]) < 4) + 1
+    hidden = tuple(shapes[f"cc_mean_transforms.0.{j}.weight"][0] for j in (0, 2, 4, 6))
+    support = (shapes[f"cc_mean_transforms.{num_slices - 1}.0.weight"][1] - M) // (M // num_slices)
+    return WACNNConfig(in_chans=in_chans, N=N, M=M, num_heads=heads, window_sizes=ws, num_slices=num_slices,
+                       max_support_slices=support, slice_hidden=hidden)
+
+
+# --- constant buffers: what a checkpoint holds and minstf derives --------------------------------
+# GDN's NonNegativeParametrizer (docs/wacnn.md §3): pedestal (2^-18)^2 and the bound
+# sqrt(minimum + pedestal), computed in double and stored as float32 (minimum 1e-6 for beta, 0 for gamma)
+_REPARAM_MINIMUM = {"beta_reparam": BETA_MIN, "gamma_reparam": 0.0}
+
+
+def constant_buffers(spec):
+    """{key: value} of the constant buffers of a state-dict spec that have a formula:
+    every `relative_position_index` (its window size read off its shape) and GDN's
+    `*_reparam.pedestal` / `*_reparam.lower_bound.bound`."""
+    values = {}
+    for s in spec:
+        if s.key.endswith("relative_position_index"):
+            values[s.key] = relative_position_index(math.isqrt(s.shape[0]))
+        for name, minimum in _REPARAM_MINIMUM.items():
+            if s.key.endswith(f".{name}.pedestal"):
+                values[s.key] = np.array([PEDESTAL], np.float32)
+            elif s.key.endswith(f".{name}.lower_bound.bound"):
+                values[s.key] = np.array([(minimum + PEDESTAL) ** 0.5], np.float32)
+    return values

@@ -12,18 +12,20 @@ A minstf weight file is a safetensors file, read and written here by plain Pytho
     the rest    data section; a tensor's bytes are data[begin:end], C order, little-endian
 
 Tensors:
-  * every learned parameter of `param_spec(config)`: float32 (F32), upstream key names and
+  * every learned parameter of the model's spec (`param_spec(config)` for stf,
+    `wacnn_param_spec(config)` for cnn): float32 (F32), upstream key names and
     PyTorch layouts (Linear (out, in), Conv (O, I, kH, kW)) — nothing is transposed;
   * the seven entropy-model tables of keys.TABLE_BUFFERS, computed at conversion:
     `*._quantized_cdf`, `*._offset`, `*._cdf_length` int32 (I32) and
     `gaussian_conditional.scale_table` float32.
-  Constant buffers (relative_position_index, bounds, target) are not stored; they are derived.
+  Constant buffers (relative_position_index, GDN's reparametrisation constants, bounds,
+  target) are not stored; they are derived.
 
 `__metadata__` (all values strings):
   format         "minstf-weights"
   format_version "1"
-  model          "stf"
-  config         JSON of STFConfig.to_dict()
+  model          "stf" or "cnn" (WACNN, docs/wacnn.md): MODELS below
+  config         JSON of STFConfig.to_dict() (stf) or WACNNConfig.to_dict() (cnn)
   fingerprint    sha256 hex digest, see `fingerprint()`
   name, description, source   optional, free text
 
@@ -37,9 +39,10 @@ e.g. `["h_a.0.bias","F32",[384],1536]\\n`, followed by the tensor's nbytes raw b
 
 What the fingerprint covers. Metadata is not hashed, yet a .mstf file names its weights
 by fingerprint alone, so no metadata may change what the weights compute. Of the reserved
-keys, `format`, `format_version` and `model` must be exactly the values above, and
-`config` must be exactly the configuration that the tensors' keys and shapes imply
-(keys.config_from_shapes: every STFConfig field is readable off some shape, e.g.
+keys, `format`, `format_version` and `model` must be exactly the values above, the
+tensors must be the keys of that model, and `config` must be exactly the configuration
+that the tensors' keys and shapes imply (keys.config_from_shapes, or
+keys.wacnn_config_from_shapes for cnn: every field is readable off some shape, e.g.
 mlp_ratio = fc1 rows / embed_dim, the support cap from the last slice network's inputs);
 a file whose `config` says anything else is refused. So the fingerprint, over the
 tensors, pins the whole behaviour, without a change to its definition: the shipped
@@ -67,11 +70,33 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import STFConfig
+from .config import STFConfig, WACNNConfig
 from .errors import OutputExists, WeightsError
-from .keys import TABLE_BUFFERS, config_from_shapes, param_spec
+from .keys import TABLE_BUFFERS, config_from_shapes, param_spec, wacnn_config_from_shapes, wacnn_param_spec
 
-FORMAT, FORMAT_VERSION, MODEL = "minstf-weights", "1", "stf"
+FORMAT, FORMAT_VERSION, MODEL = "minstf-weights", "1", "stf"  # MODEL: the first model, STF
+
+
+@dataclass(frozen=True)
+class Model:
+    """What a weight file's `model` id stands for: its configuration class, its learned
+    parameters and the configuration its shapes imply."""
+    name: str  # "STF", "WACNN": for messages
+    config_class: type
+    param_spec: object  # config -> [KeySpec]
+    config_from_shapes: object  # {key: shape} -> config
+
+
+MODELS = {"stf": Model("STF", STFConfig, param_spec, config_from_shapes),
+          "cnn": Model("WACNN", WACNNConfig, wacnn_param_spec, wacnn_config_from_shapes)}
+
+
+def model_of(config):
+    """The Model of a configuration (STFConfig -> stf, WACNNConfig -> cnn)."""
+    for m in MODELS.values():
+        if type(config) is m.config_class:
+            return m
+    raise TypeError(f"not a model configuration: {type(config).__name__}")
 RESERVED_METADATA = ("format", "format_version", "model", "config", "fingerprint")
 MAX_HEADER_BYTES = 16 * 2**20  # the full STF's header is ~80 kB
 MAX_TENSORS = 65536  # the largest configuration config.py allows has ~16 k keys
@@ -303,8 +328,8 @@ def nonfinite_problem(arrays, limit=5):
 def config_problems(params, config):
     """How `config` differs from the one the keys and shapes of params imply (an aligned set)."""
     try:
-        implied = config_from_shapes({k: a.shape for k, a in params.items()})
-    except (KeyError, IndexError, ValueError, ZeroDivisionError) as e:
+        implied = model_of(config).config_from_shapes({k: a.shape for k, a in params.items()})
+    except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as e:
         return [f"the shapes imply no configuration ({type(e).__name__}: {e})"]
     given, found = config.to_dict(), implied.to_dict()
     return [f"{k} is {given[k]} in the configuration but {found[k]} in the tensors"
@@ -312,12 +337,13 @@ def config_problems(params, config):
 
 
 def _check(params, tables, config, where):
-    expected = {s.key: s.shape for s in param_spec(config)}
+    model = model_of(config)
+    expected = {s.key: s.shape for s in model.param_spec(config)}
     problems = alignment_problems(params, expected) + table_problems(tables, config)
     problems += [f"{k} has dtype {a.dtype}, expected float32" for k, a in params.items()
                  if k in expected and a.dtype != np.float32]
     if problems:
-        raise WeightsError(f"{where}: does not fit the STF configuration: " + "; ".join(problems))
+        raise WeightsError(f"{where}: does not fit the {model.name} configuration: " + "; ".join(problems))
     # shapes that fit can still leave a field open (mlp_ratio 4.0 and 4.01 give the same fc1):
     # the configuration must be the one the tensors imply, so that the fingerprint pins it
     problems = config_problems(params, config)
@@ -332,7 +358,7 @@ def _check(params, tables, config, where):
 
 @dataclass
 class WeightsFile:
-    config: STFConfig
+    config: STFConfig  # or WACNNConfig; `config.model` is the model id
     params: dict  # key -> float32 array, upstream names and layouts
     tables: dict  # the seven TABLE_BUFFERS
     metadata: dict = field(default_factory=dict)
@@ -340,8 +366,11 @@ class WeightsFile:
 
 
 def save_weights(path, params, tables, config, metadata=None, force=False):
-    """Validate and write a minstf weight file; returns its WeightsFile (with fingerprint)."""
+    """Validate and write a minstf weight file; returns its WeightsFile (with fingerprint).
+
+    The model id ("stf" or "cnn") is the configuration's: an STFConfig or a WACNNConfig."""
     path = Path(path)
+    model_of(config)  # TypeError for anything else
     if path.exists() and not force:
         raise OutputExists(f"{path} exists (use --force to overwrite)")
     params = {k: np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
@@ -354,7 +383,7 @@ def save_weights(path, params, tables, config, metadata=None, force=False):
         raise ValueError(f"metadata must map strings to strings, without the reserved keys {clash}")
     tensors = {**params, **tables}
     digest = fingerprint(tensors)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": MODEL,
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config.model,
             "config": json.dumps(config.to_dict()), "fingerprint": digest, **extra}
     # write next to the target, then rename: a crash never leaves a half-written weight file
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=".minstf-", suffix=".tmp")  # short: any name fits
@@ -377,20 +406,21 @@ def load_weights(path, verify=True):
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a minstf weight file (no minstf metadata); "
                            f"convert a checkpoint with `minstf convert`")
-    if meta.get("format_version") != FORMAT_VERSION or meta.get("model") != MODEL:
+    model = MODELS.get(meta.get("model"))
+    if meta.get("format_version") != FORMAT_VERSION or model is None:
         raise WeightsError(f"{path}: format version {meta.get('format_version')!r} / model "
                            f"{meta.get('model')!r} not supported "
-                           f"(this minstf reads {FORMAT_VERSION!r} / {MODEL!r})")
+                           f"(this minstf reads {FORMAT_VERSION!r} / {' or '.join(map(repr, MODELS))})")
     if "config" not in meta:
         raise WeightsError(f"{path}: bad configuration in metadata (no config)")
-    try:  # range-checked (STFConfig.__post_init__) before anything is built from it
-        config = STFConfig.from_dict(_parse_json(f"{path}: config", meta["config"].encode(), limit=2))
+    try:  # range-checked (__post_init__) before anything is built from it
+        config = model.config_class.from_dict(_parse_json(f"{path}: config", meta["config"].encode(), limit=2))
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{path}: bad configuration in metadata ({str(e)[:300]})") from None
     tables = {k: v for k, v in tensors.items() if k in TABLE_BUFFERS}
     params = {k: v for k, v in tensors.items() if k not in TABLE_BUFFERS}
     _check(params, tables, config, str(path))
-    params = {s.key: params[s.key] for s in param_spec(config)}  # upstream order, for printouts
+    params = {s.key: params[s.key] for s in model.param_spec(config)}  # upstream order, for printouts
     tables = {k: tables[k] for k in TABLE_BUFFERS}
     digest = meta.get("fingerprint", "")
     if verify and fingerprint(tensors) != digest:

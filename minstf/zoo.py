@@ -45,7 +45,9 @@ def default_weights(quality=DEFAULT_QUALITY):
 
 
 def load_model(path=None, backend="numpy", quality=None, verify=True, kernels="fast"):
-    """Load an STF model from a minstf weight file (default: the shipped weights).
+    """Load a model from a minstf weight file (default: the shipped weights): an STF, or a
+    WACNN (`cnn`) for a file whose metadata says so (the STF class with minstf.wacnn's
+    transforms; `model.model` is the file's model id).
 
     backend: "numpy" or "cupy"; the weights move to that device once, here.
     kernels: "fast" or "reference", the layer every network runs on (minstf.switch).
