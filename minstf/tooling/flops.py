@@ -9,6 +9,8 @@ matrix-product arithmetic exactly, for any configuration and image size, in mill
     conv2d             2 * B * Ho * Wo * O * Cin * k * k
     window_attention   qkv and proj products, plus q k^T and attention @ v: 4 * B_ * N * N * C
     swin_block         window attention on the padded map (B * Hp * Wp tokens), fc1 and fc2
+    conv_transpose2d   2 * B * H * W * Cin * O * k * k (every input pixel stamps k*k taps)
+    gdn, igdn          the 1x1 convolution of x^2: 2 * B * H * W * C * C
 
 Elementwise work (LayerNorm, GELU, softmax, adds) is not counted: it is not what BLAS
 does, and it is a few percent of the flops. `gemm_rate` measures this machine's sgemm or
@@ -81,6 +83,27 @@ class FlopCounter:
         self.linear(x, params[f"{prefix}.qkv.weight"])  # (B_, N, C) -> (B_, N, 3C)
         self.flops += 4 * B_ * N * N * C  # q k^T and attention @ v, all heads
         return self.linear(x, params[f"{prefix}.proj.weight"])  # -> (B_, N, C)
+
+    # WACNN's kernels (minstf/reference/wacnn.py)
+    def conv_transpose2d(self, x, weight, bias=None, stride=2, padding=2, output_padding=1):
+        B, H, W, Cin = x.shape
+        _, O, k, _ = weight.shape
+        self.flops += 2 * B * H * W * Cin * O * k * k  # every input pixel stamps k*k taps
+        Ho, Wo = (H - 1) * stride - 2 * padding + k + output_padding, (W - 1) * stride - 2 * padding + k + output_padding
+        return self._zeros(x, (B, Ho, Wo, O))
+
+    def gdn(self, x, beta, gamma, inverse=False):
+        self.linear(x, gamma)  # the 1x1 convolution of x^2
+        return x
+
+    def igdn(self, x, beta, gamma):
+        return self.gdn(x, beta, gamma, inverse=True)
+
+    def window_attention_block(self, x, params, prefix, num_heads, ws, shift=0, mask=None):
+        B, H, W, C = x.shape
+        self.window_attention(self._zeros(x, (B * H * W // (ws * ws), ws * ws, C)), params, f"{prefix}.attn",
+                              num_heads, mask)
+        return x
 
     def swin_block(self, x, H, W, params, prefix, num_heads, ws, shift=0, mask=None):
         B, L, C = x.shape
