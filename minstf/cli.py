@@ -261,7 +261,7 @@ def eval_(folder, out_dir, qualities, weights, baselines, jpeg_qualities, webp_q
 @click.option("--name", help="A name stored in the weight file's metadata.")
 @reports_errors
 def convert(checkpoint, out, force, name):
-    """Convert an upstream STF checkpoint (torch .pth.tar, or safetensors) to a minstf weight file
+    """Convert an upstream checkpoint, STF or WACNN (torch .pth.tar, or safetensors), to a minstf weight file
     (the configuration is inferred from the checkpoint's shapes; torch is not needed)."""
     from .convert import convert as convert_weights
 
