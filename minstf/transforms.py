@@ -157,7 +157,8 @@ def h_a(y, params, config, kernels=DEFAULT_KERNELS):
 def _h_s(z_hat, params, prefix, k):
     """h_mean_s / h_scale_s: conv, GELU, subpel x2, GELU, conv, GELU, subpel x2, GELU, conv (§3.3)."""
     x = _conv(z_hat, params, f"{prefix}.0", k, gelu=True)  # (B, zh, zw, 4e) -> (B, zh, zw, 5e)
-    x = k.pixel_shuffle(_conv(x, params, f"{prefix}.2.0", k, gelu=True), 2)  # -> (B, 2zh, 2zw, 6e): GELU commutes with the shuffle
+    # GELU before the shuffle: it commutes with the permutation
+    x = k.pixel_shuffle(_conv(x, params, f"{prefix}.2.0", k, gelu=True), 2)  # -> (B, 2zh, 2zw, 6e)
     x = _conv(x, params, f"{prefix}.4", k, gelu=True)  # -> (B, 2zh, 2zw, 7e)
     x = k.pixel_shuffle(_conv(x, params, f"{prefix}.6.0", k, gelu=True), 2)  # -> (B, 4zh, 4zw, 8e)
     return _conv(x, params, f"{prefix}.8", k)  # -> (B, 4zh, 4zw, M)

@@ -89,7 +89,8 @@ class FlopCounter:
         B, H, W, Cin = x.shape
         _, O, k, _ = weight.shape
         self.flops += 2 * B * H * W * Cin * O * k * k  # every input pixel stamps k*k taps
-        Ho, Wo = (H - 1) * stride - 2 * padding + k + output_padding, (W - 1) * stride - 2 * padding + k + output_padding
+        Ho = (H - 1) * stride - 2 * padding + k + output_padding
+        Wo = (W - 1) * stride - 2 * padding + k + output_padding
         return self._zeros(x, (B, Ho, Wo, O))
 
     def gdn(self, x, beta, gamma, inverse=False):
