@@ -56,6 +56,19 @@ def _int(name, v, low, high):
     return int(v)
 
 
+def _check_fields(config, int_ranges, tuple_ranges, max_items=None):
+    """Range-check a frozen config's integer and integer-tuple fields and store them converted
+    (tuples also when built from JSON lists); ValueError names the first bad field."""
+    for name, (low, high) in int_ranges.items():
+        object.__setattr__(config, name, _int(name, getattr(config, name), low, high))
+    for name, (low, high) in tuple_ranges.items():
+        values = getattr(config, name)
+        if not isinstance(values, (tuple, list)) or (max_items and not 1 <= len(values) <= max_items):
+            count = f"1..{max_items} " if max_items else ""
+            raise ValueError(f"{name} must be a list of {count}integers, got {str(values)[:60]}")
+        object.__setattr__(config, name, tuple(_int(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)))
+
+
 @dataclass(frozen=True)
 class STFConfig:
     patch_size: int = 2
@@ -73,14 +86,7 @@ class STFConfig:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 — frozen
-        for name, (low, high) in INT_RANGES.items():
-            set_(name, _int(name, getattr(self, name), low, high))
-        # tuples, also when built from JSON lists
-        for name, (low, high) in TUPLE_RANGES.items():
-            values = getattr(self, name)
-            if not isinstance(values, (tuple, list)) or not 1 <= len(values) <= MAX_STAGES:
-                raise ValueError(f"{name} must be a list of 1..{MAX_STAGES} integers, got {str(values)[:60]}")
-            set_(name, tuple(_int(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)))
+        _check_fields(self, INT_RANGES, TUPLE_RANGES, MAX_STAGES)
         r = self.mlp_ratio
         if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) \
                 or not 0 < r <= MAX_MLP_RATIO:
@@ -197,14 +203,7 @@ class WACNNConfig:
     model = "cnn"  # a class attribute, not a field: the model id of weight files and bitstreams
 
     def __post_init__(self):
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 — frozen
-        for name, (low, high) in WACNN_INT_RANGES.items():
-            set_(name, _int(name, getattr(self, name), low, high))
-        for name, (low, high) in WACNN_TUPLE_RANGES.items():
-            values = getattr(self, name)
-            if not isinstance(values, (tuple, list)):
-                raise ValueError(f"{name} must be a list of integers, got {str(values)[:60]}")
-            set_(name, tuple(_int(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)))
+        _check_fields(self, WACNN_INT_RANGES, WACNN_TUPLE_RANGES)
         if len(self.window_sizes) != 2:
             raise ValueError(f"window_sizes must have 2 entries, got {len(self.window_sizes)}")
         if len(self.slice_hidden) != 4:
