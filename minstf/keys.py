@@ -94,6 +94,18 @@ def slice_in_channels(config: STFConfig, s: int, kind: str):
     return config.M + Cs * k
 
 
+def _slice_networks(config):
+    """The channel-conditional slice networks' keys (both models): mean, scale, LRP, per slice."""
+    spec = []
+    for kind, name in (("mean", "cc_mean_transforms"), ("scale", "cc_scale_transforms"),
+                       ("lrp", "lrp_transforms")):
+        for s in range(config.num_slices):
+            widths = slice_network_widths(config, slice_in_channels(config, s, kind))
+            for j in range(5):
+                spec += _conv(f"{name}.{s}.{2 * j}", widths[j], widths[j + 1])
+    return spec
+
+
 def state_dict_spec(config: STFConfig = STFConfig()):
     """All keys of the upstream state dict for `config`, in upstream order."""
     c, ws = config, config.window_size
@@ -128,13 +140,7 @@ def state_dict_spec(config: STFConfig = STFConfig()):
         spec += _conv(f"{name}.4", rev[2], rev[3])
         spec += _conv(f"{name}.6.0", rev[3], rev[4] * 4)
         spec += _conv(f"{name}.8", rev[4], c.M)
-    # channel-conditional slice networks
-    for kind, name in (("mean", "cc_mean_transforms"), ("scale", "cc_scale_transforms"),
-                       ("lrp", "lrp_transforms")):
-        for s in range(c.num_slices):
-            widths = slice_network_widths(c, slice_in_channels(c, s, kind))
-            for j in range(5):
-                spec += _conv(f"{name}.{s}.{2 * j}", widths[j], widths[j + 1])
+    spec += _slice_networks(c)
     spec += _entropy_models(c.N_z)
     return spec
 
@@ -266,14 +272,7 @@ def wacnn_state_dict_spec(config: WACNNConfig = WACNNConfig()):
         spec += _conv(f"{name}.4", sw[1], sw[2])
         spec += _conv(f"{name}.6.0", sw[2], sw[3] * 4)
         spec += _conv(f"{name}.8", sw[3], sw[4])
-    # channel-conditional slice networks, as STF's
-    for kind, name in (("mean", "cc_mean_transforms"), ("scale", "cc_scale_transforms"),
-                       ("lrp", "lrp_transforms")):
-        for s in range(c.num_slices):
-            widths = slice_network_widths(c, slice_in_channels(c, s, kind))
-            for j in range(5):
-                spec += _conv(f"{name}.{s}.{2 * j}", widths[j], widths[j + 1])
-    return spec + _entropy_models(c.N_z)
+    return spec + _slice_networks(c) + _entropy_models(c.N_z)  # the slice networks as STF's
 
 
 def wacnn_param_spec(config: WACNNConfig = WACNNConfig()):
