@@ -247,11 +247,12 @@ def eval_(folder, out_dir, qualities, weights, baselines, jpeg_qualities, webp_q
     runs, codecs = evaluate.plan(weights, qualities, baselines, workers, scheduler)  # or a usage error
     points = {"jpeg": jpeg_qualities, "webp": webp_qualities, "avif": avif_qualities}
     shown = not quiet and sys.stderr.isatty()             # (click 8.1 has no hidden=)
-    total = evaluate.total_steps(folder, limit, runs, codecs, points)
-    with click.progressbar(length=total, label="evaluating", file=sys.stderr if shown else io.StringIO()) as bar:
+    steps, tasks = (f(folder, limit, runs, codecs, points) for f in (evaluate.total_steps, evaluate.total_tasks))
+    with click.progressbar(length=steps, label="evaluating", file=sys.stderr if shown else io.StringIO()) as bar:
+        tick = evaluate.TaskProgress(bar, tasks, None if shown or quiet else _say)  # on a pipe: a line per task
         evaluate.run_eval(folder, out_dir, runs, codecs, points, limit, backend, not no_plot, force,
                           load=lambda path: _load(path, backend, "fast", verbose), say=None if quiet else _say,
-                          progress=lambda _: bar.update(1), workers=workers, scheduler=scheduler)
+                          progress=tick, workers=workers, scheduler=scheduler)
 
 
 @main.command()

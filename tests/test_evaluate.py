@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from minstf.cli import main
 from minstf.errors import BadInput, MinstfError
 from minstf.tooling import cluster
+from minstf.tooling import evaluate as ev
 from minstf.tooling.evaluate import bd_psnr, bd_rate, evaluate_pillow, image_paths, plot_rd
 
 from test_codec import sample_image, small_weights  # noqa: F401 (a fixture)
@@ -106,6 +107,10 @@ def test_eval_command(folder, tmp_path_factory, small_weights, monkeypatch):  # 
     assert "minstf vs JPEG     not computable" in r.stdout       # one rate point is no curve
     assert "WebP vs JPEG" in r.stdout
     assert "overlapping PSNR range" in r.stdout
+    # stderr is no terminal here: one line per finished task (2 images x 7 rate points), no bar
+    lines = [line for line in r.stderr.splitlines() if line.startswith("minstf: eval: ")]
+    assert len(lines) == 14 and "(14/14 tasks" in lines[-1] and "evaluating" not in r.stderr
+    assert any(", minstf q2 (" in line for line in lines) and any(", JPEG q50 (" in line for line in lines), lines
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["minstf.json", "jpeg.json", "webp.json"] + (["rd.png"] if HAVE_MATPLOTLIB else []))
     if HAVE_MATPLOTLIB:
@@ -218,3 +223,13 @@ def test_eval_workers_without_dask(folder, tmp_path, monkeypatch):
     r = run(folder, "--out", tmp_path, "--qualities", "none", "--baselines", "jpeg", "--no-plot", "--workers", "2")
     assert r.exit_code == 1 and r.stderr == "minstf: error: --workers and --scheduler need Dask: " \
                                             "pip install 'minstf[dask]'\n"
+
+
+def test_progress_bar_length_weighs_codecs_by_cost(folder):  # noqa: F811
+    """The bar's length (and so its ETA) counts a minstf image as COST["minstf"] JPEG ones."""
+    runs = [("q2", "w")]
+    points = {"jpeg": [20, 50], "webp": [], "avif": []}
+    n = len(ev.image_paths(folder))
+    assert ev.total_tasks(folder, None, runs, ["jpeg"], points) == n * 3
+    assert ev.total_steps(folder, None, runs, ["jpeg"], points) == n * (ev.COST["minstf"] + 2 * ev.COST["jpeg"])
+    assert ev.COST["minstf"] > ev.COST["avif"] > ev.COST["webp"] > ev.COST["jpeg"]
