@@ -69,8 +69,24 @@ def _check_fields(config, int_ranges, tuple_ranges, max_items=None):
         object.__setattr__(config, name, tuple(_int(f"{name}[{i}]", v, low, high) for i, v in enumerate(values)))
 
 
+class _JSONConfig:
+    """to_dict / from_dict of a configuration dataclass (the metadata of weight files is JSON)."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ValueError(f"a configuration is a JSON object, not {type(d).__name__}")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown configuration fields: {sorted(map(str, unknown))[:10]}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class STFConfig:
+class STFConfig(_JSONConfig):
     patch_size: int = 2
     in_chans: int = 3
     embed_dim: int = 48
@@ -144,18 +160,6 @@ class STFConfig:
         step = (self.M - self.N_z) // 4
         return tuple(self.M - i * step for i in range(4)) + (self.N_z,)
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        if not isinstance(d, dict):
-            raise ValueError(f"a configuration is a JSON object, not {type(d).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown configuration fields: {sorted(map(str, unknown))[:10]}")
-        return cls(**d)
 
 
 # `small` is the shipped default model: every code path of the full STF (four stages
@@ -178,7 +182,7 @@ WACNN_TUPLE_RANGES = {"window_sizes": (1, 32), "slice_hidden": (1, 4096)}
 
 
 @dataclass(frozen=True)
-class WACNNConfig:
+class WACNNConfig(_JSONConfig):
     """Every size of WACNN (upstream `WACNN(192, 320)`), range-checked like STFConfig.
 
         N                   transform channels (192); also z's channels N_z
@@ -252,17 +256,6 @@ class WACNNConfig:
         step = (self.M - self.N) // 4
         return (self.N,) + tuple(self.N + i * step for i in range(1, 4)) + (self.M,)
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        if not isinstance(d, dict):
-            raise ValueError(f"a configuration is a JSON object, not {type(d).__name__}")
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown configuration fields: {sorted(map(str, unknown))[:10]}")
-        return cls(**d)
 
 
 WACNN_CONFIG = WACNNConfig()  # upstream's WACNN(192, 320), registered as 'cnn'
