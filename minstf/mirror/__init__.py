@@ -10,3 +10,4 @@ package changes no environment variable.
 """
 from .configs import CONFIGS, SMALL_CONFIG  # noqa: F401
 from .stf_torch import STFTorch, build_indexes  # noqa: F401
+from .wacnn_torch import WACNNTorch  # noqa: F401
