@@ -81,3 +81,35 @@ def test_forward_and_load_small():
     assert np.array_equal(model.taps(x)["x_hat"], out["x_hat"].numpy())
     with pytest.raises(AssertionError):
         WACNNTorch(WACNN_SMALL_CONFIG).load_params({k: v for k, v in params.items() if k != "g_s.8.bias"})
+
+
+def test_crosscheck_small_wacnn():
+    """minstf crosscheck on a WACNNConfig: the mirror chosen by the config, every layer map compared."""
+    from minstf.tooling import crosscheck as xc
+
+    x = np.random.default_rng(0).random((1, 3, 64, 128)).astype(np.float32)
+    result = xc.crosscheck(xc.synthetic_params(WACNN_SMALL_CONFIG), WACNN_SMALL_CONFIG, x, force_teacher=True)
+    report = xc.format_report(result)
+    print(report)
+    assert result.ok, report
+    assert [r.name for r in result.rows] == xc.stage_names(WACNN_SMALL_CONFIG)  # no stage left out
+    assert {"g_a4_attn", "g_s5_gate", "g_s7", "x_hat", "likelihoods y"} <= {r.name for r in result.rows}
+    assert result.forced_rows and all(r.verdict == "OK" for r in result.forced_rows)
+    assert all(d.differ == 0 for d in result.decisions)
+    assert report.startswith("WACNN N 16, M 32") and "verdict: OK" in report
+    assert abs(result.bpp["estimated_minstf"] - result.bpp["estimated_torch"]) < 1e-5
+    assert result.bpp["coded_minstf"] == result.bpp["coded_torch_symbols"]
+
+
+def test_crosscheck_wacnn_points_at_the_bad_layer():
+    """A wrong g_s.3 bias on the minstf side only: the first NOT OK stage is g_s3, named in the hint."""
+    from minstf.tooling import crosscheck as xc
+
+    params = xc.synthetic_params(WACNN_SMALL_CONFIG)
+    mirror = WACNNTorch(WACNN_SMALL_CONFIG).load_params(params).eval()
+    buggy = dict(params, **{"g_s.3.bias": params["g_s.3.bias"] + np.float32(0.01)})
+    x = np.random.default_rng(1).random((1, 3, 64, 64)).astype(np.float32)
+    result = xc.crosscheck(buggy, WACNN_SMALL_CONFIG, x, mirror=mirror, code=False)
+    assert not result.ok
+    assert [r.name for r in result.rows if r.verdict == "NOT OK"][0] == "g_s3"
+    assert "first NOT OK stage is g_s3" in xc.format_report(result) and "wacnn.layer" in xc.format_report(result)

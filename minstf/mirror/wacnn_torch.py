@@ -1,4 +1,4 @@
-"""WACNN (`cnn`) in PyTorch, written from docs/wacnn.md and spec/CNN.md — the mirror of minstf.wacnn.
+"""WACNN (`cnn`) in PyTorch, written from docs/wacnn.md — the mirror of minstf.wacnn.
 
 An independent, compact re-implementation of upstream's `WACNN`, the oracle of the
 WACNN cross-checks. Every width comes from a `WACNNConfig`; `state_dict()` has exactly

@@ -1,12 +1,13 @@
 """Cross-check minstf against the PyTorch mirror: every stage, every decision, the rate.
 
 The same weights and the same image go through minstf (NumPy) and through the mirror
-(`minstf.mirror.stf_torch.STFTorch`, written independently from the same spec), both in
-eval mode and float32, and every stage is compared in minstf's layout (tokens (B, L, C),
-latent maps (B, H, W, C), image and likelihoods NCHW):
+(`minstf.mirror.stf_torch.STFTorch`, or `wacnn_torch.WACNNTorch` for a WACNNConfig, written
+independently from the same spec), both in eval mode and float32, and every stage is
+compared in minstf's layout (tokens (B, L, C),
+latent maps and WACNN's layer maps (B, H, W, C), image and likelihoods NCHW):
 
     x ─► minstf STF.forward(taps) ─► stages, decisions, likelihoods ─┐
-    x ─► STFTorch.taps            ─► stages, decisions, likelihoods ─┴─► rows, decisions, bpp
+    x ─► STFTorch / WACNNTorch.taps ─► stages, decisions, likelihoods ─┴─► rows, decisions, bpp
 
 Continuous stages have a tolerance, discrete decisions have none:
 
@@ -46,13 +47,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..coding import SymbolEncoder, channel_first_flat, symbols_crc
+from ..config import WACNNConfig
 from ..entropy_models import (SCALE_BOUND, SCALE_TABLE, build_indexes, eb_likelihood, eb_tables, gc_likelihood,
                              gc_tables)
 from ..errors import BadInput, MinstfError
 from ..image import eval_padding, pad, to_float
 from ..model import STF, Compressed
 from ..slices import run_slices, slice_of
-from ..transforms import g_s, h_mean_s, h_scale_s
 
 ATOL = 1e-4             # on unit-scale tensors; relative (x max|ref|) on larger ones
 LIK_ATOL = 1e-4         # likelihoods (probabilities), absolute
@@ -163,15 +164,30 @@ class CrossCheck:
 
 # --- the comparison ---------------------------------------------------------------------------
 
+def _wacnn_layer_names(name, kinds):
+    """WACNN's layer maps `g_a{i}` / `g_s{i}`, each attention block's internals before its output."""
+    out = []
+    for i, kind in enumerate(kinds):
+        if kind.startswith("attn"):
+            out += [f"{name}{i}_{part}" for part in ("conv_a", "attn", "gate")]
+        out.append(f"{name}{i}")
+    return out
+
+
 def stage_names(config):
     """Every compared stage in data-flow order."""
+    entropy = ["y", "z", "z_hat", "latent_means", "latent_scales", "mu", "scale", "y_hat_pre_lrp", "lrp_raw", "y_hat"]
+    if isinstance(config, WACNNConfig):  # g_a's last layer is y, g_s's last is x_hat
+        from ..wacnn import G_A, G_S
+        return (_wacnn_layer_names("g_a", G_A)[:-1] + entropy + _wacnn_layer_names("g_s", G_S)[:-1]
+                + ["x_hat", "likelihoods y", "likelihoods z"])
     enc = [f"enc{i}_blk{b}" for i, d in enumerate(config.depths) for b in range(d)]
     enc_out = {i: f"enc{i}_out" for i in range(len(config.depths))}
     dec = [f"dec{i}_blk{b}" for i, d in enumerate(config.depths[::-1]) for b in range(d)]
     names = ["patch_embed"]
     for i, d in enumerate(config.depths):
         names += [n for n in enc if n.startswith(f"enc{i}_")] + [enc_out[i]]
-    names += ["y", "z", "z_hat", "latent_means", "latent_scales", "mu", "scale", "y_hat_pre_lrp", "lrp_raw", "y_hat"]
+    names += entropy
     for i, d in enumerate(config.depths[::-1]):
         names += [n for n in dec if n.startswith(f"dec{i}_")] + [f"dec{i}_out"]
     return names + ["x_hat", "likelihoods y", "likelihoods z"]
@@ -205,7 +221,8 @@ def compare_stages(ours, theirs, names, atol=ATOL, lik_atol=LIK_ATOL):
 
 def _mirror_stages(t):
     """The mirror's taps in minstf's layouts and names."""
-    d = {k: (v.transpose(0, 2, 3, 1) if k in _LATENT_MAPS else v) for k, v in t.items()}  # NCHW -> NHWC
+    is_map = lambda k: k in _LATENT_MAPS or k[:3] in ("g_a", "g_s")  # noqa: E731 — WACNN's layer maps too
+    d = {k: (v.transpose(0, 2, 3, 1) if is_map(k) else v) for k, v in t.items()}  # NCHW -> NHWC
     d["likelihoods y"], d["likelihoods z"] = t["lik_y"], t["lik_z"]
     return d
 
@@ -242,10 +259,10 @@ def _forced_entropy_path(model, y, z_symbols, y_symbols):
     y: minstf's own (B, H4, W4, M); z_symbols (B, h, w, N_z), y_symbols (B, H4, W4, M): the mirror's.
     Returns (stages dict in minstf's layout, minstf's own y decisions on these inputs).
     """
-    c, p = model.config, model.params
+    c, p, t = model.config, model.params, model.t  # t: the model's transforms module (STF's or WACNN's)
     taps = {}
     z_hat = z_symbols.astype(np.float32) + model.medians  # as decompress builds it
-    latent_means, latent_scales = h_mean_s(z_hat, p, c), h_scale_s(z_hat, p, c)
+    latent_means, latent_scales = t.h_mean_s(z_hat, p, c), t.h_scale_s(z_hat, p, c)
     lik_y, own = [], []
 
     def quantize(s, mu, scale):  # the mirror's symbols; minstf's own decision recorded
@@ -255,7 +272,7 @@ def _forced_entropy_path(model, y, z_symbols, y_symbols):
         return q
 
     y_hat = run_slices(latent_means, latent_scales, p, c, quantize, taps)
-    x_hat = g_s(y_hat, p, c, taps)
+    x_hat = t.g_s(y_hat, p, c, taps)
     taps.update(z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat,
                 x_hat=x_hat.transpose(0, 3, 1, 2))
     taps["likelihoods y"] = np.concatenate(lik_y, axis=-1).transpose(0, 3, 1, 2)
@@ -297,16 +314,17 @@ def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_tea
                atol=ATOL, lik_atol=LIK_ATOL, tie_margin=TIE_MARGIN, mirror=None, kernels="fast"):
     """Run minstf and the torch mirror on the same weights and image; compare everything.
 
-    model_params: {key: float32 array} (PyTorch names and layouts); config: STFConfig;
+    model_params: {key: float32 array} (PyTorch names and layouts); config: STFConfig or WACNNConfig;
     x_nchw: (1, 3, H, W) float32 in [0, 1] with a latent of multiples of 4 (pad to 64 first).
     tables: the CDF tables (computed from the weights when None); pixels: the bpp denominator
     (default H*W; the eval convention counts the unpadded image); force_teacher: run the
     teacher-forced pass even when every decision agrees; code: also compress (coded bpp);
-    mirror: an already loaded STFTorch (eval mode) to reuse; kernels: minstf's layer (minstf.switch).
+    mirror: an already loaded STFTorch / WACNNTorch (eval mode) to reuse; kernels: minstf's layer (minstf.switch).
     Returns a CrossCheck (`.ok`, rows, decisions, bpp); `format_report` prints it.
     """
     torch = require_torch()
     from ..mirror.stf_torch import STFTorch
+    from ..mirror.wacnn_torch import WACNNTorch
 
     x = np.ascontiguousarray(x_nchw, dtype=np.float32)
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != config.in_chans:
@@ -325,7 +343,8 @@ def crosscheck(model_params, config, x_nchw, tables=None, pixels=None, force_tea
 
     # the mirror, free-running
     if mirror is None:
-        mirror = STFTorch(config).load_params(model_params).eval()
+        mirror = (WACNNTorch if isinstance(config, WACNNConfig) else STFTorch)(config)
+        mirror = mirror.load_params(model_params).eval()
     with torch.no_grad():
         t = mirror.taps(x)
     theirs = _mirror_stages(t)
@@ -409,9 +428,17 @@ _WHERE = {  # stage -> the code that computes it: minstf / the mirror
     "likelihoods y": "entropy_models.gc_likelihood / GaussianConditional",
     "likelihoods z": "entropy_models.eb_likelihood / EntropyBottleneck",
 }
+_WHERE_WACNN = {  # WACNN's transforms (the rest is STF's)
+    "y": "the last layer of wacnn.g_a (attention block) / WACNNTorch.g_a",
+    "x_hat": "the last layer of wacnn.g_s (transposed conv) / WACNNTorch.g_s",
+    "g_a": "wacnn.layer (the G_A entry of that index) / wacnn_torch.analysis",
+    "g_s": "wacnn.layer (the G_S entry of that index) / wacnn_torch.synthesis",
+}
 
 
-def _where(name):
+def _where(name, config=None):
+    if isinstance(config, WACNNConfig) and (name in _WHERE_WACNN or name[:3] in _WHERE_WACNN):
+        return _WHERE_WACNN.get(name) or _WHERE_WACNN[name[:3]]  # g_a{i}... / g_s{i}...
     return _WHERE.get(name) or _WHERE[name[:3]]  # enc{i}_... / dec{i}_...
 
 
@@ -433,7 +460,7 @@ def hints(result):
             r = rows[bad[0]]
             before = f"after {rows[bad[0] - 1].name} ({rows[bad[0] - 1].verdict}), " if bad[0] else ""
             out.append(f"hint: {table}: the first NOT OK stage is {r.name} ({r.rel:.1e} relative): the bug is in the "
-                       f"code {before}that computes it: {_where(r.name)}")
+                       f"code {before}that computes it: {_where(r.name, result.config)}")
             if bad[0] == 0 and table == "free-running":
                 out.append("hint: the very first stage differs: did both sides get the same weights and image "
                            "(layouts, key names, padding)?")
@@ -456,7 +483,10 @@ def format_report(result):
     c = result.config
     B, C, H, W = result.shape
     lines = []
-    if c is not None:
+    if isinstance(c, WACNNConfig):
+        lines.append(f"WACNN N {c.N}, M {c.M}, windows {tuple(c.window_sizes)}, {c.num_slices} slices; "
+                     f"image {W}x{H}; minstf (NumPy) vs torch mirror, float32, eval mode")
+    elif c is not None:
         lines.append(f"STF embed_dim {c.embed_dim}, depths {tuple(c.depths)}, {c.num_slices} slices; "
                      f"image {W}x{H}; minstf (NumPy) vs torch mirror, float32, eval mode")
     lines.append(f"tolerance: max|diff| <= {result.atol:g} x max(1, max|ref|), likelihoods {result.lik_atol:g} "
