@@ -375,7 +375,103 @@ def build_indexes(scales):
 
 # --------------------------------------------------------------------------- the model
 
-class STFTorch(nn.Module):
+class MirrorModel(nn.Module):
+    """What the torch mirrors of STF and WACNN share (docs/architecture.md §5–6): the slice
+    networks and entropy models, the slice loop, forward, taps and load_params. A subclass
+    gives `analyse(x, taps)`, `synthesise(y_hat, taps)` and `spec()` (its state_dict_spec)."""
+
+    def _add_entropy_path(self, c):
+        """The slice networks (cc_mean / cc_scale / lrp_transforms), then both entropy models."""
+        for kind in ("mean", "scale", "lrp"):
+            name = "lrp_transforms" if kind == "lrp" else f"cc_{kind}_transforms"
+            self.add_module(name, nn.ModuleList(
+                conv_stack(slice_network_widths(c, slice_in_channels(c, s, kind))) for s in range(c.num_slices)))
+        self.entropy_bottleneck = EntropyBottleneck(c.N_z)
+        self.gaussian_conditional = GaussianConditional()
+
+    def _more_taps(self, t):
+        """Extra golden names a model adds to taps()."""
+
+    def slice_loop(self, y, latent_means, latent_scales, taps=None):
+        """docs/architecture.md §5: returns y_hat and the y likelihoods, both (B, M, H4, W4)."""
+        c = self.config
+        H4, W4 = y.shape[2:]
+        y_hat_slices, liks, rec = [], [], {k: [] for k in ("mu", "scale", "lrp_raw", "y_hat_pre_lrp")}
+        for s, y_s in enumerate(y.chunk(c.num_slices, 1)):
+            support = y_hat_slices[:c.max_support_slices]  # the FIRST decoded slices
+            mean_support = torch.cat([latent_means] + support, 1)
+            mu = self.cc_mean_transforms[s](mean_support)[:, :, :H4, :W4]
+            scale = self.cc_scale_transforms[s](torch.cat([latent_scales] + support, 1))[:, :, :H4, :W4]
+            liks.append(self.gaussian_conditional(y_s, scale, mu))
+            y_hat_s = ste_round(y_s - mu) + mu
+            lrp = self.lrp_transforms[s](torch.cat([mean_support, y_hat_s], 1))
+            if taps is not None:
+                for k, v in zip(rec, (mu, scale, lrp, y_hat_s)):
+                    rec[k].append(v)
+            y_hat_slices.append(y_hat_s + 0.5 * torch.tanh(lrp))
+        if taps is not None:
+            taps.update({k: torch.cat(v, 1) for k, v in rec.items()})
+        return torch.cat(y_hat_slices, 1), torch.cat(liks, 1)
+
+    def _run(self, x, taps=None):
+        y = self.analyse(x, taps)
+        z = self.h_a(y)
+        z_lik = self.entropy_bottleneck(z)
+        med = self.entropy_bottleneck.medians().view(1, -1, 1, 1)
+        z_hat = ste_round(z - med) + med
+        latent_means, latent_scales = self.h_mean_s(z_hat), self.h_scale_s(z_hat)
+        y_hat, y_lik = self.slice_loop(y, latent_means, latent_scales, taps)
+        x_hat = self.synthesise(y_hat, taps)
+        if taps is not None:
+            taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales,
+                        y_hat=y_hat, x_hat=x_hat, lik_y=y_lik, lik_z=z_lik)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def forward(self, x):
+        return self._run(x)
+
+    @torch.no_grad()
+    def taps(self, x):
+        """Eval-mode forward returning every intermediate under the golden npz names (numpy)."""
+        was_training = self.training
+        self.eval()
+        try:
+            t = {}
+            self._run(torch.as_tensor(x), t)
+        finally:
+            self.train(was_training)
+        t["symbols"] = torch.round(t["y"] - t["mu"]).to(torch.int32)
+        t["index"] = build_indexes(t["scale"])
+        t["x_hat_forward"] = t["x_hat"]
+        self._more_taps(t)
+        return {k: v.detach().cpu().numpy() for k, v in t.items()}
+
+    def load_params(self, params):
+        """Load {key: float32 array} keyed like state_dict_spec params (buffers optional).
+
+        Every parameter must be present with its exact shape; buffers, if given, must
+        match the constructed ones, except the CDF table buffers, which are ignored
+        (they are rebuilt by whoever codes with them).
+        """
+        spec = {s.key: s for s in self.spec()}
+        unknown = set(params) - set(spec)
+        missing = {k for k, s in spec.items() if s.kind == "param"} - set(params)
+        assert not unknown and not missing, f"unknown keys {sorted(unknown)[:5]}, missing {sorted(missing)[:5]}"
+        state = self.state_dict()
+        with torch.no_grad():
+            for key, value in params.items():
+                if key in TABLE_BUFFERS:
+                    continue
+                value = torch.as_tensor(np.asarray(value))
+                assert tuple(value.shape) == spec[key].shape, f"{key}: {tuple(value.shape)} != {spec[key].shape}"
+                if spec[key].kind == "buffer":
+                    assert torch.equal(value.to(state[key].dtype), state[key]), f"buffer {key} differs"
+                else:
+                    state[key].copy_(value)
+        return self
+
+
+class STFTorch(MirrorModel):
     def __init__(self, config: STFConfig = STFConfig(), drop_path_rate=0.2):
         super().__init__()
         c = self.config = config
@@ -401,12 +497,7 @@ class STFTorch(nn.Module):
         self.h_a = hyper_analysis(c)
         self.h_mean_s = hyper_synthesis(c)
         self.h_scale_s = hyper_synthesis(c)
-        for kind in ("mean", "scale", "lrp"):
-            name = "lrp_transforms" if kind == "lrp" else f"cc_{kind}_transforms"
-            self.add_module(name, nn.ModuleList(
-                conv_stack(slice_network_widths(c, slice_in_channels(c, s, kind))) for s in range(c.num_slices)))
-        self.entropy_bottleneck = EntropyBottleneck(c.N_z)
-        self.gaussian_conditional = GaussianConditional()
+        self._add_entropy_path(c)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -445,59 +536,13 @@ class STFTorch(nn.Module):
         x = tokens_to_nchw(x, H, W)  # a channels-last view: faster CPU convolutions for training,
         return self.end_conv(x if self.training else x.contiguous())  # bit-exact upstream algorithm in eval
 
-    def slice_loop(self, y, latent_means, latent_scales, taps=None):
-        """docs/architecture.md §5: returns y_hat and the y likelihoods, both (B, M, H4, W4)."""
-        c = self.config
-        H4, W4 = y.shape[2:]
-        y_hat_slices, liks, rec = [], [], {k: [] for k in ("mu", "scale", "lrp_raw", "y_hat_pre_lrp")}
-        for s, y_s in enumerate(y.chunk(c.num_slices, 1)):
-            support = y_hat_slices[:c.max_support_slices]  # the FIRST decoded slices
-            mean_support = torch.cat([latent_means] + support, 1)
-            mu = self.cc_mean_transforms[s](mean_support)[:, :, :H4, :W4]
-            scale = self.cc_scale_transforms[s](torch.cat([latent_scales] + support, 1))[:, :, :H4, :W4]
-            liks.append(self.gaussian_conditional(y_s, scale, mu))
-            y_hat_s = ste_round(y_s - mu) + mu
-            lrp = self.lrp_transforms[s](torch.cat([mean_support, y_hat_s], 1))
-            if taps is not None:
-                for k, v in zip(rec, (mu, scale, lrp, y_hat_s)):
-                    rec[k].append(v)
-            y_hat_slices.append(y_hat_s + 0.5 * torch.tanh(lrp))
-        if taps is not None:
-            taps.update({k: torch.cat(v, 1) for k, v in rec.items()})
-        return torch.cat(y_hat_slices, 1), torch.cat(liks, 1)
+    analyse, synthesise = g_a, g_s  # what MirrorModel._run calls
 
-    def _run(self, x, taps=None):
-        y = self.g_a(x, taps)
-        z = self.h_a(y)
-        z_lik = self.entropy_bottleneck(z)
-        med = self.entropy_bottleneck.medians().view(1, -1, 1, 1)
-        z_hat = ste_round(z - med) + med
-        latent_means, latent_scales = self.h_mean_s(z_hat), self.h_scale_s(z_hat)
-        y_hat, y_lik = self.slice_loop(y, latent_means, latent_scales, taps)
-        x_hat = self.g_s(y_hat, taps)
-        if taps is not None:
-            taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales,
-                        y_hat=y_hat, x_hat=x_hat, lik_y=y_lik, lik_z=z_lik)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+    def spec(self):
+        return state_dict_spec(self.config)
 
-    def forward(self, x):
-        return self._run(x)
-
-    @torch.no_grad()
-    def taps(self, x):
-        """Eval-mode forward returning every intermediate under the golden npz names (numpy)."""
-        was_training = self.training
-        self.eval()
-        try:
-            t = {}
-            self._run(torch.as_tensor(x), t)
-        finally:
-            self.train(was_training)
-        t["symbols"] = torch.round(t["y"] - t["mu"]).to(torch.int32)
-        t["index"] = build_indexes(t["scale"])
-        t["x_hat_forward"] = t["x_hat"]
+    def _more_taps(self, t):
         t["enc3_out"] = t[f"enc{len(self.config.depths) - 1}_out"]
-        return {k: v.detach().cpu().numpy() for k, v in t.items()}
 
     def aux_loss(self):
         return self.entropy_bottleneck.aux_loss()
@@ -509,29 +554,6 @@ class STFTorch(nn.Module):
     def aux_parameters(self):
         return [p for n, p in self.named_parameters() if n.endswith(".quantiles")]
 
-    def load_params(self, params):
-        """Load {key: float32 array} keyed like state_dict_spec params (buffers optional).
-
-        Every parameter must be present with its exact shape; buffers, if given, must
-        match the constructed ones, except the CDF table buffers, which are ignored
-        (they are rebuilt by whoever codes with them).
-        """
-        spec = {s.key: s for s in state_dict_spec(self.config)}
-        unknown = set(params) - set(spec)
-        missing = {k for k, s in spec.items() if s.kind == "param"} - set(params)
-        assert not unknown and not missing, f"unknown keys {sorted(unknown)[:5]}, missing {sorted(missing)[:5]}"
-        state = self.state_dict()
-        with torch.no_grad():
-            for key, value in params.items():
-                if key in TABLE_BUFFERS:
-                    continue
-                value = torch.as_tensor(np.asarray(value))
-                assert tuple(value.shape) == spec[key].shape, f"{key}: {tuple(value.shape)} != {spec[key].shape}"
-                if spec[key].kind == "buffer":
-                    assert torch.equal(value.to(state[key].dtype), state[key]), f"buffer {key} differs"
-                else:
-                    state[key].copy_(value)
-        return self
 
     def export_params(self):
         """{key: float32 numpy array} for every parameter, in state_dict_spec order."""

@@ -4,7 +4,8 @@ An independent, compact re-implementation of upstream's `WACNN`, the oracle of t
 WACNN cross-checks. Every width comes from a `WACNNConfig`; `state_dict()` has exactly
 the keys, shapes, dtypes and order of `minstf.keys.wacnn_state_dict_spec(config)`.
 Everything after the transforms is STF's and is imported from `stf_torch`: the
-hyperprior's h_a, the slice networks and the slice loop, both entropy models.
+hyperprior's h_a, and (through `MirrorModel`) the slice networks, the slice loop, both entropy
+models, forward, taps and load_params.
 
     g_a:  conv5/2  GDN  conv5/2  GDN  [attn ws0]  conv5/2  GDN  conv5/2  [attn ws1]  = y
     g_s:  [attn ws1]  deconv5/2  IGDN  deconv5/2  IGDN  [attn ws0]  deconv5/2  IGDN  deconv5/2  = x_hat
@@ -14,16 +15,15 @@ hyperprior's h_a, the slice networks and the slice loop, both entropy models.
 
 Maps are NCHW throughout, as upstream's.
 """
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import WACNNConfig
-from ..keys import TABLE_BUFFERS, slice_in_channels, slice_network_widths, wacnn_state_dict_spec
+from ..keys import wacnn_state_dict_spec
 from ..reference.wacnn import BETA_MIN, PEDESTAL
-from .stf_torch import (EntropyBottleneck, GaussianConditional, LowerBound, STFTorch, WindowAttention,
-                        build_indexes, conv3x3, conv_stack, hyper_analysis, shift_mask, subpel_conv3x3,
+from .stf_torch import (LowerBound, MirrorModel, WindowAttention,
+                        conv3x3, hyper_analysis, shift_mask, subpel_conv3x3,
                         window_partition, window_reverse)
 
 
@@ -161,7 +161,7 @@ def run_layers(layers, name, x, taps):
 
 # --------------------------------------------------------------------------- the model
 
-class WACNNTorch(nn.Module):
+class WACNNTorch(MirrorModel):
     def __init__(self, config: WACNNConfig = WACNNConfig()):
         super().__init__()
         c = self.config = config
@@ -170,63 +170,13 @@ class WACNNTorch(nn.Module):
         self.h_a = hyper_analysis(c)  # STF's: five 3x3 convs, strides 1, 1, 2, 1, 2, widths from the config
         self.h_mean_s = hyper_synthesis(c)
         self.h_scale_s = hyper_synthesis(c)
-        for kind in ("mean", "scale", "lrp"):
-            name = "lrp_transforms" if kind == "lrp" else f"cc_{kind}_transforms"
-            self.add_module(name, nn.ModuleList(
-                conv_stack(slice_network_widths(c, slice_in_channels(c, s, kind))) for s in range(c.num_slices)))
-        self.entropy_bottleneck = EntropyBottleneck(c.N_z)
-        self.gaussian_conditional = GaussianConditional()
+        self._add_entropy_path(c)  # slice networks and entropy models, as STF's
 
-    slice_loop = STFTorch.slice_loop  # docs/architecture.md §5: the same channel-conditional loop
+    def analyse(self, x, taps=None):
+        return run_layers(self.g_a, "g_a", x, taps)
 
-    def _run(self, x, taps=None):
-        y = run_layers(self.g_a, "g_a", x, taps)
-        z = self.h_a(y)
-        z_lik = self.entropy_bottleneck(z)
-        med = self.entropy_bottleneck.medians().view(1, -1, 1, 1)
-        z_hat = torch.round(z - med) + med
-        latent_means, latent_scales = self.h_mean_s(z_hat), self.h_scale_s(z_hat)
-        y_hat, y_lik = self.slice_loop(y, latent_means, latent_scales, taps)
-        x_hat = run_layers(self.g_s, "g_s", y_hat, taps)
-        if taps is not None:
-            taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales,
-                        y_hat=y_hat, x_hat=x_hat, lik_y=y_lik, lik_z=z_lik)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+    def synthesise(self, y_hat, taps=None):
+        return run_layers(self.g_s, "g_s", y_hat, taps)
 
-    def forward(self, x):
-        """x_hat (unclamped) and the likelihoods; an oracle, used in eval mode (no training recipe here)."""
-        return self._run(x)
-
-    @torch.no_grad()
-    def taps(self, x):
-        """Eval-mode forward returning every intermediate under the golden npz names (numpy, NCHW)."""
-        was_training = self.training
-        self.eval()
-        try:
-            t = {}
-            self._run(torch.as_tensor(x), t)
-        finally:
-            self.train(was_training)
-        t["symbols"] = torch.round(t["y"] - t["mu"]).to(torch.int32)
-        t["index"] = build_indexes(t["scale"])
-        t["x_hat_forward"] = t["x_hat"]
-        return {k: v.detach().cpu().numpy() for k, v in t.items()}
-
-    def load_params(self, params):
-        """Load {key: float32 array} keyed like wacnn_state_dict_spec's params (buffers optional, checked)."""
-        spec = {s.key: s for s in wacnn_state_dict_spec(self.config)}
-        unknown = set(params) - set(spec)
-        missing = {k for k, s in spec.items() if s.kind == "param"} - set(params)
-        assert not unknown and not missing, f"unknown keys {sorted(unknown)[:5]}, missing {sorted(missing)[:5]}"
-        state = self.state_dict()
-        with torch.no_grad():
-            for key, value in params.items():
-                if key in TABLE_BUFFERS:
-                    continue
-                value = torch.as_tensor(np.asarray(value))
-                assert tuple(value.shape) == spec[key].shape, f"{key}: {tuple(value.shape)} != {spec[key].shape}"
-                if spec[key].kind == "buffer":
-                    assert torch.equal(value.to(state[key].dtype), state[key]), f"buffer {key} differs"
-                else:
-                    state[key].copy_(value)
-        return self
+    def spec(self):
+        return wacnn_state_dict_spec(self.config)
