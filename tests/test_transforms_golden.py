@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minstf.config import STFConfig
-from minstf.switch import KERNELS, get_kernels, kernels_name
+from minstf.switch import kernels_name
 from minstf.synthetic import recipe_weights
 from minstf.transforms import (basic_layer, g_a, g_s, h_a, h_mean_s, h_scale_s, patch_embed, patch_merging,
                                patch_split, slice_network)
@@ -18,12 +18,6 @@ from minstf.transforms import (basic_layer, g_a, g_s, h_a, h_mean_s, h_scale_s, 
 ATOL = 1e-4
 CFG = STFConfig()
 ERRORS = {}  # (layer, stage name) -> max abs error
-
-
-@pytest.fixture(params=KERNELS)
-def k(request):
-    """The kernel layer under test: minstf.kernels (fast) or minstf.reference."""
-    return get_kernels(request.param)
 
 
 @pytest.fixture(scope="module", autouse=True)

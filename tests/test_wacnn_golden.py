@@ -17,19 +17,12 @@ from minstf.config import WACNN_CONFIG as CFG
 from minstf.entropy_models import build_indexes, eb_likelihood, eb_medians, gc_likelihood, quantize_symbols
 from minstf.reference.wacnn import conv_transpose2d, gdn
 from minstf.slices import run_slices, slice_of
-from minstf.switch import KERNELS, get_kernels, kernels_name
+from minstf.switch import kernels_name
 from minstf.transforms import slice_network
 
-from cnn_fixtures import cnn_golden, cnn_params  # noqa: F401 — fixtures
 
 ATOL, LIK_ATOL = 1e-4, 1e-5
 ERRORS = {}  # (layer, stage) -> max abs error
-
-
-@pytest.fixture(params=KERNELS)
-def k(request):
-    """The kernel layer under test: minstf.kernels (fast) or minstf.reference."""
-    return get_kernels(request.param)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,7 +6,6 @@ from minstf.config import WACNN_CONFIG, WACNN_SMALL_CONFIG, WACNNConfig
 from minstf.keys import relative_position_index, wacnn_param_spec, wacnn_state_dict_spec
 from minstf.synthetic import recipe_weights
 
-from cnn_fixtures import cnn_golden, cnn_params  # noqa: F401 — fixtures
 from conftest import FIXTURES
 
 

@@ -17,7 +17,6 @@ from minstf.keys import wacnn_state_dict_spec  # noqa: E402
 from minstf.mirror import WACNNTorch  # noqa: E402
 from minstf.synthetic import recipe_weights  # noqa: E402
 
-from cnn_fixtures import cnn_golden, cnn_params  # noqa: E402, F401 — fixtures
 
 torch.set_num_threads(1)  # robust on a shared 2-core machine (spinning OpenMP threads)
 

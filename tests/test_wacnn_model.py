@@ -16,7 +16,6 @@ from minstf.image import crop, pad, psnr
 from minstf.model import STF, nchw
 from minstf.switch import KERNELS
 
-from cnn_fixtures import cnn_golden, cnn_params  # noqa: F401 — fixtures
 
 ATOL, ATOL_LIK = 1e-4, 1e-5
 
