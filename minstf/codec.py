@@ -7,15 +7,11 @@
 """
 from dataclasses import dataclass
 
-import numpy as np
-
 from . import bitstream
 from .backend import to_device
-from .coding import PRECISION
 from .errors import BadInput, CorruptFile, WrongWeights
 from .image import check_size, crop, eval_padding, pad, to_float, to_uint8
 from .model import Compressed
-
 
 
 @dataclass
@@ -34,19 +30,13 @@ class EncodeStats:
         return 8 * self.payload_bytes / (self.height * self.width)
 
 
-def _row_bits(table):
-    """(rows,) the fewest bits a symbol coded with each row carries: -log2 of its top probability."""
-    top = [np.diff(table.cdf[r, :n]).max() for r, n in enumerate(table.cdf_length)]
-    return -np.log2(np.asarray(top, dtype=np.float64) / 2.0 ** PRECISION)
-
-
 def least_bits(model, padded_size):
     """(z bits, y bits): the least information in the symbols of an image padded to (Hp, Wp)
     (bitstream "Size claims"): z (1, H4 // 4, W4 // 4, N_z) with row = channel; y M * H4 * W4
     symbols of any row."""
     H4, W4 = (side // model.config.downsampling for side in padded_size)
-    z_bits = (H4 // 4) * (W4 // 4) * float(_row_bits(model.eb_table)[:model.config.N_z].sum())
-    return z_bits, model.config.M * H4 * W4 * float(_row_bits(model.gc_table).min())
+    z_bits = (H4 // 4) * (W4 // 4) * float(model.eb_table.least_bits[:model.config.N_z].sum())
+    return z_bits, model.config.M * H4 * W4 * float(model.gc_table.least_bits.min())
 
 
 def _stage(progress, name):

@@ -70,11 +70,14 @@ class CdfTable:
                                f"{self.offset.shape} do not fit together")
         if rows and (self.cdf_length.min() < 3 or self.cdf_length.max() > self.cdf.shape[1]):
             raise WeightsError("CDF table: cdf_length out of range")
+        top = np.empty(rows, dtype=np.int64)  # the largest frequency of each row
         for r, n in enumerate(self.cdf_length):
-            row = self.cdf[r, :n]
-            if row[0] != 0 or row[-1] != 1 << PRECISION or np.any(np.diff(row) < 1):
+            freq = np.diff(self.cdf[r, :n])
+            if self.cdf[r, 0] != 0 or self.cdf[r, n - 1] != 1 << PRECISION or np.any(freq < 1):
                 raise WeightsError(f"CDF table: row {r} is not a valid 16-bit CDF")
+            top[r] = freq.max()
         self.max_value = self.cdf_length - 2            # (rows,) escape position per row
+        self.least_bits = -np.log2(top / 2.0 ** PRECISION)  # (rows,) the fewest bits a symbol of a row carries
         self._models = {}
 
     @classmethod
