@@ -49,6 +49,7 @@ class Settings:
     kernels: str = "fast"
     portable: bool = True
     force: bool = False
+    tile: object = "auto"    # codec.tile_rows: "auto", 0 (whole image) or image rows per band
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def encode_file(src, out, s, inputs, load, note=None, again=False, progress=None
         note(line)
     model = load(s.weights)
     t = time.perf_counter()
-    data, stats = encode_image(model, image, portable=s.portable, progress=progress)
+    data, stats = encode_image(model, image, portable=s.portable, progress=progress, tile=s.tile)
     seconds = time.perf_counter() - t
     _write(out, data, s.force, inputs, again)
     return {"width": stats.width, "height": stats.height, "bytes": stats.file_bytes, "bpp": stats.bpp,
@@ -93,7 +94,7 @@ def decode_file(src, out, s, inputs, load, note=None, again=False, progress=None
     model = load(path)
     t = time.perf_counter()
     with fileio.naming(name):
-        image, header = decode_image(model, data, progress=progress)
+        image, header = decode_image(model, data, progress=progress, tile=s.tile)
     seconds = time.perf_counter() - t
     _write(out, encode_lossless(image, name_of_format), s.force, list(inputs) + [path], again)
     return {"width": header.width, "height": header.height, "bytes": len(data),

@@ -111,10 +111,20 @@ output_options = _options(
     click.option("-v", "--verbose", is_flag=True, help="Say more: weights, modes, timings."),
     click.option("--quiet", is_flag=True, help="Print nothing but errors."))
 THREADS_OPTION = click.option("--threads", type=click.IntRange(min=1), metavar="N", help=progress.THREADS_HELP)
+TILE_OPTION = click.option(
+    "--tile", default="auto", show_default=True, metavar="ROWS|auto|0", callback=lambda c, p, v: _tile(v),
+    help="Run the analysis/synthesis in bands of ROWS image rows: memory follows the band, the image is the "
+         "same (docs/tiling.md). auto: bands above 4 megapixels; 0: the whole image at once.")
 PORTABLE_OPTION = click.option(
     "--portable/--fast", default=True, show_default=True,
     help="Portable: entropy parameters in float64, so the file decodes on other machines and backends. "
          "Fast: float32, decodable only where float32 rounds alike (same machine/backend).")
+
+
+def _tile(value):
+    if value != "auto" and not (value.isdigit() and (int(value) == 0 or int(value) >= 16)):
+        raise click.BadParameter(f"{value!r}: give auto, 0 or a number of rows (at least 16)")
+    return value if value == "auto" else int(value)
 
 
 def _verbosity(verbose, quiet):
@@ -141,15 +151,16 @@ batch_options = _options(
 @click.option("-o", "--output", "out", type=OUTPUT, help="The .mstf file ('-': stdout; default: IN.mstf), or DIR/.")
 @weights_options
 @PORTABLE_OPTION
+@TILE_OPTION
 @THREADS_OPTION
 @batch_options
 @output_options
 @reports_errors
-def encode(srcs, out, weights, quality, backend, kernels, portable, threads, force, verbose, quiet, **batched):
+def encode(srcs, out, weights, quality, backend, kernels, portable, tile, threads, force, verbose, quiet, **batched):
     """Compress an image (PNG, JPEG, ...; '-': stdin) to a .mstf file, EXIF orientation applied, metadata
     dropped; several images or directories (recursed) into DIR/, names kept, existing outputs skipped."""
     _verbosity(verbose, quiet)
-    s = batch.Settings(str(_weights(weights, quality)), None, backend, kernels, portable, force)
+    s = batch.Settings(str(_weights(weights, quality)), None, backend, kernels, portable, force, tile)
     with progress.threads(threads):
         if batch.is_batch(srcs, out, **batched):
             sys.exit(batch.run("encode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))
@@ -162,17 +173,18 @@ def encode(srcs, out, weights, quality, backend, kernels, portable, threads, for
               help="The image, in the lossless format its name says: .png .ppm .pnm .tif .tiff .bmp .tga .webp "
                    "('-': PNG on stdout; default: IN.png), or DIR/.")
 @weights_options
+@TILE_OPTION
 @THREADS_OPTION
 @batch_options
 @output_options
 @reports_errors
-def decode(srcs, out, weights, quality, backend, kernels, threads, force, verbose, quiet, **batched):
+def decode(srcs, out, weights, quality, backend, kernels, tile, threads, force, verbose, quiet, **batched):
     """Decompress a .mstf file ('-': stdin) to a lossless image (without --weights or -q: the shipped
     weights it was made with, found by their fingerprint); several, or directories, into DIR/."""
     _verbosity(verbose, quiet)
     if weights or quality:
         _weights(weights, quality)                               # not both; the file of -q exists
-    s = batch.Settings(weights, quality, backend, kernels, force=force)
+    s = batch.Settings(weights, quality, backend, kernels, force=force, tile=tile)
     with progress.threads(threads):
         if batch.is_batch(srcs, out, **batched):
             sys.exit(batch.run("decode", srcs, out, s, quiet=quiet, verbose=verbose, **batched))

@@ -10,8 +10,23 @@ from dataclasses import dataclass
 from . import bitstream
 from .backend import to_device
 from .errors import BadInput, CorruptFile, WrongWeights
-from .image import check_size, crop, eval_padding, pad, to_float, to_uint8
+from .image import PaddedRows, check_size, crop, eval_padding, pad, to_float, to_uint8
 from .model import Compressed
+
+AUTO_TILE_PIXELS = 1 << 22  # tile="auto" tiles padded images of more pixels than this (4.2 MP)
+BAND_PIXELS = 1 << 20  # ... in bands of about this many pixels, at least MIN_BAND rows
+MIN_BAND = 128
+
+
+def tile_rows(tile, padded_size):
+    """Image rows per band of g_a / g_s (docs/tiling.md) for `tile`: "auto", 0 / None (whole image)
+    or a number of rows; None when the image runs whole."""
+    Hp, Wp = padded_size
+    if tile == "auto":
+        if Hp * Wp <= AUTO_TILE_PIXELS:
+            return None
+        tile = max(MIN_BAND, BAND_PIXELS // Wp // 64 * 64)
+    return int(tile) if tile and int(tile) < Hp else None
 
 
 @dataclass
@@ -44,7 +59,7 @@ def _stage(progress, name):
         progress(name)
 
 
-def encode_image(model, image, portable=True, progress=None):
+def encode_image(model, image, portable=True, progress=None, tile="auto"):
     """uint8 (H, W, 3) -> (bytes of a .mstf file, EncodeStats).
 
     progress (optional): called with the name of each step as it begins (pad, analysis, hyperprior,
@@ -53,6 +68,9 @@ def encode_image(model, image, portable=True, progress=None):
     portable (the default, as in the CLI): the entropy parameters are computed in float64,
     so the file decodes on any machine and backend. portable=False computes them in float32
     (faster; for files decoded where they were made: see README "Determinism").
+
+    tile: the analysis' band of image rows ("auto": bands above AUTO_TILE_PIXELS; 0: whole;
+    a number of rows); the file does not depend on it but for float32 noise (docs/tiling.md).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype.name != "uint8":
         raise BadInput(f"expected an 8-bit RGB image (H, W, 3), got {image.dtype} {image.shape}")
@@ -60,8 +78,12 @@ def encode_image(model, image, portable=True, progress=None):
     check_size(h, w)
     _stage(progress, "pad")
     ltrb = eval_padding(h, w, model.config.pad_multiple)
-    x = pad(to_float(to_device(image, model.xp)), ltrb)  # (1, 3, H, W) -> (1, 3, Hp, Wp)
-    c = model.compress(x, portable=portable, progress=progress)  # analysis, hyperprior, slice 1/S ...
+    band = tile_rows(tile, (ltrb[1] + h + ltrb[3], ltrb[0] + w + ltrb[2]))
+    if band:  # (1, 3, Hp, Wp), made band by band
+        x = PaddedRows(to_device(image, model.xp), ltrb)
+    else:
+        x = pad(to_float(to_device(image, model.xp)), ltrb)  # (1, 3, H, W) -> (1, 3, Hp, Wp)
+    c = model.compress(x, portable=portable, progress=progress, tile=band)  # analysis, hyperprior, slice 1/S ...
     _stage(progress, "pack")
     header = bitstream.Header(model_id=model.model, fingerprint=bitstream.fingerprint_of(model.fingerprint),
                               height=h, width=w, padding=ltrb, z_crc=c.z_crc, y_crcs=c.slice_crcs,
@@ -91,14 +113,15 @@ def read_header(data, model=None):
     return header, z_string, y_string
 
 
-def decode_image(model, data, progress=None):
-    """bytes of a .mstf file -> (uint8 (H, W, 3), Header); progress as for encode_image."""
+def decode_image(model, data, progress=None, tile="auto"):
+    """bytes of a .mstf file -> (uint8 (H, W, 3), Header); progress and tile as for encode_image
+    (tile: the synthesis' band of image rows)."""
     _stage(progress, "check header")
     header, z_string, y_string = read_header(data, model)
     Hp, Wp = header.padded_size
     d = model.config.downsampling
     c = Compressed(z_string, y_string, (Hp // d, Wp // d), header.z_crc, header.y_crcs, header.portable)
-    x_hat = model.decompress(c, progress=progress)  # hyperprior, slice 1/S ..., synthesis: (1, 3, Hp, Wp) in [0, 1]
+    x_hat = model.decompress(c, progress=progress, tile=tile_rows(tile, (Hp, Wp)))  # hyperprior, slice 1/S ..., synthesis: (1, 3, Hp, Wp) in [0, 1]
     _stage(progress, "crop")
     image = to_uint8(crop(x_hat, header.padding))
     _stage(progress, None)

@@ -221,14 +221,41 @@ def to_float(image):
     return xp.ascontiguousarray(x, dtype=xp.float32) / xp.float32(255)
 
 
-def to_uint8(x):
+def to_uint8(x, rows=256):
     """float (1, 3, H, W) -> uint8 (H, W, 3) on the host: clip to [0, 1], x 255, round half
-    to even (np.rint). torchvision's ToPILImage would truncate instead."""
+    to even (np.rint). torchvision's ToPILImage would truncate instead. Converted `rows`
+    rows at a time, so that a large image needs no float temporaries of its own size."""
     xp = xp_of(x)
     if x.ndim != 4 or x.shape[:2] != (1, 3):
         raise ValueError(f"to_uint8 expects (1, 3, H, W), got {x.shape}")
-    y = xp.rint(xp.clip(x[0], 0, 1) * 255).astype(xp.uint8)   # (3, H, W)
-    return to_host(xp.transpose(y, (1, 2, 0)))                 # (3, H, W) -> (H, W, 3)
+    H, W = x.shape[2:]
+    out = np.empty((H, W, 3), np.uint8)
+    for a in range(0, H, rows):
+        y = xp.rint(xp.clip(x[0, :, a:a + rows], 0, 1) * 255).astype(xp.uint8)  # (3, h, W)
+        out[a:a + rows] = to_host(xp.transpose(y, (1, 2, 0)))  # (3, h, W) -> (h, W, 3)
+    return out
+
+
+class PaddedRows:
+    """The float image `pad(to_float(image), ltrb)` (1, 3, Hp, Wp), made only band by band:
+    `rows(a, b)` is its rows [a, b) channels-last (1, b - a, Wp, 3), equal to the whole
+    conversion's. For the tiled analysis (minstf/rows.py), which never needs it whole."""
+
+    def __init__(self, image, ltrb):
+        self.image, self.ltrb = image, ltrb
+        left, top, right, bottom = ltrb
+        h, w = image.shape[:2]
+        self.shape = (1, 3, top + h + bottom, left + w + right)
+
+    def rows(self, a, b):
+        xp = xp_of(self.image)
+        left, top, right, _ = self.ltrb
+        out = xp.zeros((1, b - a, self.shape[3], 3), xp.float32)  # the padding is zeros
+        lo, hi = max(a, top), min(b, top + self.image.shape[0])  # the image's rows in [a, b)
+        if lo < hi:
+            band = xp.ascontiguousarray(self.image[lo - top:hi - top], dtype=xp.float32)  # (h, w, 3)
+            out[0, lo - a:hi - a, left:left + self.image.shape[1]] = band / xp.float32(255)
+        return out
 
 
 # --- evaluation padding -------------------------------------------------------------

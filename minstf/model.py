@@ -23,6 +23,12 @@ g_a, g_s, h_a, h_mean_s, h_scale_s with the same signatures. The entropy models,
 the slice loop (its num_slices / max_support_slices from the config) and the coding
 are shared.
 
+Tiling: `tile=` (image rows per band, None: whole) runs g_a and g_s band by band
+(minstf/rows.py, docs/tiling.md): memory follows the band, and the result is the
+whole-image one within float32 noise. x may then also be an `image.PaddedRows`, the
+padded float image made band by band. The hyperprior and slice networks always run in
+fixed bands of latent rows (rows.LATENT_BAND), whatever `tile` is.
+
 Portable mode: the entropy-parameter path (h_mean_s, h_scale_s and the slice
 networks) runs in float64, so that the discrete decisions that must agree
 between encoder and decoder (scale indexes, round(y - mu)) do not depend on the
@@ -40,6 +46,8 @@ from . import transforms, wacnn
 from .config import STFConfig, WACNNConfig
 from .entropy_models import build_indexes, eb_likelihood, eb_medians, gc_likelihood, quantize_symbols
 from .errors import BadInput, CorruptFile, DecoderMismatch
+from .image import PaddedRows
+from .rows import collect
 from .slices import run_slices, slice_of
 from .switch import DEFAULT_KERNELS, get_kernels, kernels_name
 
@@ -109,6 +117,25 @@ class STF:
             raise BadInput(f"expected an image batch (B, {self.config.in_chans}, H, W), got shape {tuple(x.shape)}")
         return nhwc(x)  # (B, 3, H, W) -> (B, H, W, 3)
 
+    def _analysis(self, x, taps, tile):
+        """g_a on the whole image, or band by band when `tile` is set (never with taps)."""
+        if not tile or taps is not None:
+            return self.t.g_a(self._input(x), self.params, self.config, taps, self.k)
+        if isinstance(x, PaddedRows):
+            rows = x.rows
+        else:
+            self._input(x[:, :, :0])  # its checks, on no rows
+            rows = lambda a, b: self._input(x[:, :, a:b])  # noqa: E731 (1, b-a, Wp, 3)
+        return collect(self.t.g_a_rows(self.params, self.config, self.k), rows, x.shape[2], tile)
+
+    def _synthesis(self, y_hat, tile):
+        """g_s of y_hat as float32, whole or band by band (tile // downsampling latent rows a band)."""
+        xp, c, k = self.xp, self.config, self.k
+        if not tile:
+            return self.t.g_s(y_hat.astype(xp.float32), self.params, c, kernels=k)
+        rows = lambda a, b: y_hat[:, a:b].astype(xp.float32)  # noqa: E731
+        return collect(self.t.g_s_rows(self.params, c, k), rows, y_hat.shape[1], max(1, tile // c.downsampling))
+
     def _hyper(self, z_hat, portable):
         p = self.entropy_params(portable)
         return self.t.h_mean_s(z_hat, p, self.config, self.k), self.t.h_scale_s(z_hat, p, self.config, self.k)
@@ -146,7 +173,7 @@ class STF:
             taps.update(y=y, z=z, z_hat=z_hat, latent_means=latent_means, latent_scales=latent_scales, y_hat=y_hat)
         return {"x_hat": nchw(x_hat), "likelihoods": {"y": nchw(xp.concatenate(lik_y, axis=-1)), "z": nchw(lik_z)}}
 
-    def compress(self, x, portable=False, taps=None, progress=None):
+    def compress(self, x, portable=False, taps=None, progress=None, tile=None):
         """Encode one image (1, 3, H, W) whose latent size is a multiple of 4 -> Compressed.
 
         taps (optional dict) records what forward() records, the encoder's side of it.
@@ -156,11 +183,10 @@ class STF:
         """
         xp, c, k = self.xp, self.config, self.k
         say = progress or (lambda name: None)
-        x = self._input(x)
-        if x.shape[0] != 1:
-            raise BadInput("compress() takes one image at a time")
+        if len(x.shape) != 4 or x.shape[0] != 1:
+            raise BadInput(f"compress() takes one image (1, {c.in_chans}, H, W), got shape {tuple(x.shape)}")
         say("analysis")
-        y = self.t.g_a(x, self.params, c, taps, k)  # 1. analysis: (1, H4, W4, M)
+        y = self._analysis(x, taps, tile)  # 1. analysis: (1, H4, W4, M)
         self._check_codable(y)
         say("hyperprior")
         z = self.t.h_a(y, self.params, c, k)  # 2. hyper analysis: (1, zh, zw, N_z)
@@ -187,7 +213,7 @@ class STF:
         return Compressed(z_encoder.finish(), y_encoder.finish(), tuple(y.shape[1:3]),
                           symbols_crc(z_flat), tuple(crcs), portable)
 
-    def decompress(self, compressed: Compressed, progress=None):
+    def decompress(self, compressed: Compressed, progress=None, tile=None):
         """Decode -> x_hat (1, 3, 16*H4, 16*W4) clamped to [0, 1], an array of the backend.
 
         progress (optional) is called with the name of each step as it begins.
@@ -223,9 +249,10 @@ class STF:
                            kernels=k, on_slice=lambda s: say(f"slice {s + 1}/{c.num_slices}"))
         if not y_decoder.at_end():
             raise CorruptFile("the y payload has data left over after the last slice: the file is damaged")
+        del latent_means, latent_scales  # before the synthesis, the largest stage
         say("synthesis")
-        x_hat = self.t.g_s(y_hat.astype(xp.float32), self.params, c, kernels=k)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
-        return nchw(xp.clip(x_hat, 0, 1))
+        x_hat = self._synthesis(y_hat, tile)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
+        return nchw(xp.clip(x_hat, 0, 1, out=x_hat))
 
     def _z_indexes(self, z_shape):
         B, h, w, C = z_shape

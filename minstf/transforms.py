@@ -20,6 +20,7 @@ file; `enc{i}_blk{b}`, `enc{i}_out`, `dec{i}_blk{b}`, `dec{i}_out` as tokens
 input A, `b_enc_mask_layer0` = `enc0_mask` of input B).
 """
 from .backend import xp_of
+from .rows import LATENT_BAND, RowLayer, apply, collect
 from .switch import DEFAULT_KERNELS, get_kernels
 
 
@@ -134,6 +135,58 @@ def g_s(y_hat, params, config, taps=None, kernels=DEFAULT_KERNELS):
     return k.end_conv(x, params, config.patch_size)  # 5x5 conv, shuffle, 3x3 conv: -> (B, 16*H4, 16*W4, 3)
 
 
+# --- the same two transforms as row layers, for tiling (minstf/rows.py, docs/tiling.md) ----------
+def _as_map(tokens_fn):
+    """A function of tokens (B, h*W, C), h, W -> (tokens, h', W') as a function of maps (B, h, W, C)."""
+    def fn(x):
+        B, h, W, C = x.shape
+        t, h2, W2 = tokens_fn(x.reshape(B, h * W, C), h, W)  # (B, h, W, C) -> (B, h*W, C) -> (B, h'*W', C')
+        return t.reshape(B, h2, W2, -1)  # -> (B, h', W', C')
+    return fn
+
+
+def swin_rows(params, prefix, num_heads, ws, shift, k):
+    """A Swin block as a row layer: bands of whole windows of its grid (rows shift + k*ws when
+    shifted), each band read with `shift` rows on either side, the wrapped halves of the
+    windows that the roll brings in and the mask keeps apart (docs/tiling.md §2)."""
+    def block(t, h, W):
+        mask = k.shift_attention_mask(h, W, ws, shift, xp_of(t)) if shift else None  # (nW, N, N)
+        return k.swin_block(t, h, W, params, prefix, num_heads, ws, shift=shift, mask=mask), h, W
+    return RowLayer(_as_map(block), halo=shift, align=ws, offset=shift)
+
+
+def g_a_rows(params, config, kernels=DEFAULT_KERNELS):
+    """g_a's layers (PatchEmbed, the blocks, PatchMerging) as row layers."""
+    k, ws, last = get_kernels(kernels), config.window_size, len(config.depths) - 1
+    layers = [RowLayer(_as_map(lambda t, h, W: patch_embed(t.reshape(t.shape[0], h, W, -1), params,
+                                                           config.patch_size, k)),
+                       down=config.patch_size)]
+    for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
+        layers += [swin_rows(params, f"layers.{i}.blocks.{b}", heads, ws, ws // 2 if b % 2 else 0, k)
+                   for b in range(depth)]
+        if i < last:
+            merge = lambda t, h, W, i=i: patch_merging(t, h, W, params, f"layers.{i}.downsample", k)  # noqa: E731
+            layers.append(RowLayer(_as_map(merge), down=2))
+    return layers
+
+
+def g_s_rows(params, config, kernels=DEFAULT_KERNELS):
+    """g_s's layers (the blocks, PatchSplit, end_conv) as row layers."""
+    k, ws, last = get_kernels(kernels), config.window_size, len(config.depths) - 1
+    layers = []
+    for i, (depth, heads) in enumerate(zip(config.depths[::-1], config.num_heads[::-1])):
+        layers += [swin_rows(params, f"syn_layers.{i}.blocks.{b}", heads, ws, ws // 2 if b % 2 else 0, k)
+                   for b in range(depth)]
+        if i < last:
+            split = lambda t, h, W, i=i: patch_split(t, h, W, params, f"syn_layers.{i}.downsample", k)  # noqa: E731
+            layers.append(RowLayer(_as_map(split), up=2, align=2))
+    p = config.patch_size
+    # end_conv: the 3x3 reads a row of the shuffled map on either side, the 5x5 two rows of its input
+    halo = -(-(params["end_conv.2.weight"].shape[-1] // 2) // p) + params["end_conv.0.weight"].shape[-1] // 2
+    layers.append(RowLayer(lambda x: k.end_conv(x, params, p), up=p, align=p, halo=halo))
+    return layers
+
+
 # --- hyperprior (§3.2, §3.3) ---------------------------------------------------------------
 def _conv(x, params, prefix, k, stride=1, gelu=False):
     """Conv2d with padding k//2 and weights `{prefix}.weight` / `.bias`, GELU after it if asked."""
@@ -142,26 +195,50 @@ def _conv(x, params, prefix, k, stride=1, gelu=False):
     return conv(x, w, params[f"{prefix}.bias"], stride=stride, padding=w.shape[-1] // 2)
 
 
+def conv_rows(params, prefix, k, stride=1, gelu=False):
+    """`_conv` as a row layer: it reads k//2 rows beyond a band, rounded up to whole strides."""
+    pad = params[f"{prefix}.weight"].shape[-1] // 2
+    return RowLayer(lambda x: _conv(x, params, prefix, k, stride, gelu), down=stride,
+                    halo=-(-pad // stride) * stride)
+
+
+def subpel_rows(params, prefix, k):
+    """Conv, GELU and PixelShuffle(2) (upstream's subpel_conv3x3 with the GELU after it) as a row layer."""
+    return RowLayer(lambda x: k.pixel_shuffle(_conv(x, params, prefix, k, gelu=True), 2), up=2, align=2,
+                    halo=params[f"{prefix}.weight"].shape[-1] // 2)  # GELU before the shuffle: they commute
+
+
+def h_a_rows(params, config, kernels=DEFAULT_KERNELS):
+    """Hyper analysis: five 3x3 convs, GELU between, strides 1, 1, 2, 1, 2 (§3.2)."""
+    k = get_kernels(kernels)
+    return ([conv_rows(params, f"h_a.{2 * j}", k, stride, gelu=True) for j, stride in enumerate((1, 1, 2, 1))]
+            + [conv_rows(params, "h_a.8", k, stride=2)])
+
+
 def h_a(y, params, config, kernels=DEFAULT_KERNELS):
-    """Hyper analysis: five 3x3 convs, GELU between, strides 1, 1, 2, 1, 2 (§3.2).
+    """Hyper analysis: h_a_rows by bands of LATENT_BAND rows (one band up to 16 * LATENT_BAND image rows).
 
     Args: y (B, H4, W4, M). Returns: z (B, ceil(ceil(H4/2)/2), ..., N_z).
     """
+    layers = h_a_rows(params, config, kernels)
+    return collect(layers, lambda a, b: y[:, a:b], y.shape[1], LATENT_BAND)  # (B, H4, W4, M) -> (B, H4/4, W4/4, N_z)
+
+
+def h_s_rows(params, prefix, kernels=DEFAULT_KERNELS):
+    """h_mean_s / h_scale_s: conv, GELU, subpel x2, GELU, conv, GELU, subpel x2, GELU, conv (§3.3).
+
+    Widths (B, zh, zw, 4e) -> 5e -> (2zh, 2zw, 6e) -> 7e -> (4zh, 4zw, 8e) -> M.
+    """
     k = get_kernels(kernels)
-    x = y
-    for j, stride in enumerate((1, 1, 2, 1)):
-        x = _conv(x, params, f"h_a.{2 * j}", k, stride, gelu=True)  # (B, h, w, c) -> (B, h/stride, w/stride, c')
-    return _conv(x, params, "h_a.8", k, stride=2)  # -> (B, h/2, w/2, N_z)
+    return [conv_rows(params, f"{prefix}.0", k, gelu=True), subpel_rows(params, f"{prefix}.2.0", k),
+            conv_rows(params, f"{prefix}.4", k, gelu=True), subpel_rows(params, f"{prefix}.6.0", k),
+            conv_rows(params, f"{prefix}.8", k)]
 
 
 def _h_s(z_hat, params, prefix, k):
-    """h_mean_s / h_scale_s: conv, GELU, subpel x2, GELU, conv, GELU, subpel x2, GELU, conv (§3.3)."""
-    x = _conv(z_hat, params, f"{prefix}.0", k, gelu=True)  # (B, zh, zw, 4e) -> (B, zh, zw, 5e)
-    # GELU before the shuffle: it commutes with the permutation
-    x = k.pixel_shuffle(_conv(x, params, f"{prefix}.2.0", k, gelu=True), 2)  # -> (B, 2zh, 2zw, 6e)
-    x = _conv(x, params, f"{prefix}.4", k, gelu=True)  # -> (B, 2zh, 2zw, 7e)
-    x = k.pixel_shuffle(_conv(x, params, f"{prefix}.6.0", k, gelu=True), 2)  # -> (B, 4zh, 4zw, 8e)
-    return _conv(x, params, f"{prefix}.8", k)  # -> (B, 4zh, 4zw, M)
+    """h_s_rows by bands of LATENT_BAND / 4 rows of z (one band for images up to 16 * LATENT_BAND rows)."""
+    layers = h_s_rows(params, prefix, k)
+    return collect(layers, lambda a, b: z_hat[:, a:b], z_hat.shape[1], LATENT_BAND // 4)  # -> (B, 4zh, 4zw, M)
 
 
 def h_mean_s(z_hat, params, config, kernels=DEFAULT_KERNELS):
@@ -175,13 +252,16 @@ def h_scale_s(z_hat, params, config, kernels=DEFAULT_KERNELS):
 
 
 # --- channel-conditional slice networks (§3.4) ------------------------------------------------
-def slice_network(x, params, prefix, kernels=DEFAULT_KERNELS):
+def slice_network_rows(params, prefix, kernels=DEFAULT_KERNELS):
     """One of cc_mean_transforms.{s} / cc_scale_transforms.{s} / lrp_transforms.{s}:
-    five 3x3 convs with GELU between; widths come from the weights.
+    five 3x3 convs with GELU between; widths come from the weights."""
+    k = get_kernels(kernels)
+    return [conv_rows(params, f"{prefix}.{2 * j}", k, gelu=True) for j in range(4)] + [conv_rows(params, f"{prefix}.8", k)]
+
+
+def slice_network(x, params, prefix, kernels=DEFAULT_KERNELS):
+    """slice_network_rows on the whole map.
 
     Args: x (B, h, w, Cin) support; prefix e.g. "cc_mean_transforms.3". Returns: (B, h, w, Cs).
     """
-    k = get_kernels(kernels)
-    for j in range(4):
-        x = _conv(x, params, f"{prefix}.{2 * j}", k, gelu=True)  # (B, h, w, c) -> (B, h, w, c')
-    return _conv(x, params, f"{prefix}.8", k)  # -> (B, h, w, Cs)
+    return apply(slice_network_rows(params, prefix, kernels), x)  # (B, h, w, Cin) -> (B, h, w, Cs)

@@ -24,6 +24,7 @@ internals `{name}_conv_a`, `{name}_attn` (window attention + shortcut) and
 `{name}_mask` `(nW, N, N)`.
 """
 from .backend import xp_of
+from .rows import RowLayer
 from .switch import DEFAULT_KERNELS, get_kernels
 from .transforms import _conv  # conv2d with padding k//2, GELU after it if asked
 from .transforms import h_a, h_mean_s, h_scale_s  # noqa: F401 — STF's layer lists, widths from the weights
@@ -106,6 +107,36 @@ def layer(kind, x, params, prefix, config, taps=None, kernels=DEFAULT_KERNELS):
         raise ValueError(f"{prefix}: WACNN's attention needs the {h}x{w} map to be whole {ws}x{ws} windows; "
                          "image sides may be at most 3 short of a multiple of 64 (docs/wacnn.md §5)")
     return attention_block(x, params, prefix, config.num_heads, ws, taps, prefix.replace(".", ""), k)
+
+
+def rows_geometry(kind, config):
+    """How an entry of G_A / G_S reads rows (minstf/rows.py, docs/tiling.md §3): the RowLayer fields."""
+    if kind == "conv":  # 5x5 stride 2: two rows of input beyond a band
+        return dict(down=2, halo=2)
+    if kind == "deconv":  # output row r gathers inputs (r - 2) / 2 .. (r + 2) / 2
+        return dict(up=2, align=2, halo=1)
+    if kind in ("gdn", "igdn"):
+        return {}
+    ws = config.window_sizes[int(kind[-1])]
+    shift, reach = ws // 2, 3  # conv_a and the units after the attention: three 3x3 convs
+    # bands of whole shifted windows, read with enough whole windows around them for the
+    # three units to see real rows, and the half window the roll wraps in
+    return dict(align=ws, offset=shift, halo=-(-reach // ws) * ws + shift)
+
+
+def _rows(layers, name, params, config, k):
+    return [RowLayer(lambda x, i=i, kind=kind: layer(kind, x, params, f"{name}.{i}", config, kernels=k),
+                     **rows_geometry(kind, config)) for i, kind in enumerate(layers)]
+
+
+def g_a_rows(params, config, kernels=DEFAULT_KERNELS):
+    """G_A as row layers (minstf/rows.py)."""
+    return _rows(G_A, "g_a", params, config, get_kernels(kernels))
+
+
+def g_s_rows(params, config, kernels=DEFAULT_KERNELS):
+    """G_S as row layers (minstf/rows.py)."""
+    return _rows(G_S, "g_s", params, config, get_kernels(kernels))
 
 
 def _run(layers, name, x, params, config, taps, k):
