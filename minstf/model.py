@@ -74,6 +74,14 @@ def nhwc(a):
     return a.transpose(0, 2, 3, 1)
 
 
+def _told(rows, say, step, total):
+    """A row source that reports progress ("analysis 40%") as each band is taken."""
+    def told(a, b):
+        say(f"{step} {100 * a // total}%")
+        return rows(a, b)
+    return told
+
+
 def transforms_of(config):
     """The module of a configuration's continuous networks: minstf.wacnn (cnn) or minstf.transforms (stf)."""
     return wacnn if isinstance(config, WACNNConfig) else transforms
@@ -117,7 +125,7 @@ class STF:
             raise BadInput(f"expected an image batch (B, {self.config.in_chans}, H, W), got shape {tuple(x.shape)}")
         return nhwc(x)  # (B, 3, H, W) -> (B, H, W, 3)
 
-    def _analysis(self, x, taps, tile):
+    def _analysis(self, x, taps, tile, say):
         """g_a on the whole image, or band by band when `tile` is set (never with taps)."""
         if not tile or taps is not None:
             return self.t.g_a(self._input(x), self.params, self.config, taps, self.k)
@@ -126,15 +134,18 @@ class STF:
         else:
             self._input(x[:, :, :0])  # its checks, on no rows
             rows = lambda a, b: self._input(x[:, :, a:b])  # noqa: E731 (1, b-a, Wp, 3)
-        return collect(self.t.g_a_rows(self.params, self.config, self.k), rows, x.shape[2], tile)
+        H = x.shape[2]
+        return collect(self.t.g_a_rows(self.params, self.config, self.k), _told(rows, say, "analysis", H), H, tile)
 
-    def _synthesis(self, y_hat, tile):
+    def _synthesis(self, y_hat, tile, say):
         """g_s of y_hat as float32, whole or band by band (tile // downsampling latent rows a band)."""
         xp, c, k = self.xp, self.config, self.k
         if not tile:
             return self.t.g_s(y_hat.astype(xp.float32), self.params, c, kernels=k)
         rows = lambda a, b: y_hat[:, a:b].astype(xp.float32)  # noqa: E731
-        return collect(self.t.g_s_rows(self.params, c, k), rows, y_hat.shape[1], max(1, tile // c.downsampling))
+        H4 = y_hat.shape[1]
+        return collect(self.t.g_s_rows(self.params, c, k), _told(rows, say, "synthesis", H4), H4,
+                       max(1, tile // c.downsampling))
 
     def _hyper(self, z_hat, portable):
         p = self.entropy_params(portable)
@@ -186,7 +197,7 @@ class STF:
         if len(x.shape) != 4 or x.shape[0] != 1:
             raise BadInput(f"compress() takes one image (1, {c.in_chans}, H, W), got shape {tuple(x.shape)}")
         say("analysis")
-        y = self._analysis(x, taps, tile)  # 1. analysis: (1, H4, W4, M)
+        y = self._analysis(x, taps, tile, say)  # 1. analysis: (1, H4, W4, M)
         self._check_codable(y)
         say("hyperprior")
         z = self.t.h_a(y, self.params, c, k)  # 2. hyper analysis: (1, zh, zw, N_z)
@@ -251,7 +262,7 @@ class STF:
             raise CorruptFile("the y payload has data left over after the last slice: the file is damaged")
         del latent_means, latent_scales  # before the synthesis, the largest stage
         say("synthesis")
-        x_hat = self._synthesis(y_hat, tile)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
+        x_hat = self._synthesis(y_hat, tile, say)  # 1. synthesis: (1, 16*H4, 16*W4, 3)
         return nchw(xp.clip(x_hat, 0, 1, out=x_hat))
 
     def _z_indexes(self, z_shape):

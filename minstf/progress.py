@@ -37,8 +37,11 @@ class Stages:
     def __call__(self, name):
         now = time.perf_counter()
         with self._lock:
+            if name is not None and self.name is not None and _step(name) == _step(self.name):
+                self.name = name  # the same step further on ("analysis 40%": the bands of a tiled transform)
+                return
             if self.name is not None:
-                self.times.append((self.name, now - self.t))
+                self.times.append((_step(self.name), now - self.t))
             self.name, self.t = name, now
         if self.shown and name is not None and self._ticker is None:
             self._ticker = threading.Thread(target=self._tick, daemon=True)
@@ -68,6 +71,10 @@ class Stages:
         """`minstf: stages: pad 0.00 s, compress (…) 1.93 s, pack 0.00 s` when verbose."""
         if self.verbose and self.times:
             click.echo("minstf: stages: " + ", ".join(f"{n} {s:.2f} s" for n, s in self.times), err=True)
+
+
+def _step(name):
+    return name.split(" ")[0] if name.endswith("%") else name
 
 
 @contextmanager

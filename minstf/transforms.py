@@ -145,24 +145,30 @@ def _as_map(tokens_fn):
     return fn
 
 
-def swin_rows(params, prefix, num_heads, ws, shift, k):
+def swin_rows(params, prefix, num_heads, ws, shift, k, masks):
     """A Swin block as a row layer: bands of whole windows of its grid (rows shift + k*ws when
     shifted), each band read with `shift` rows on either side, the wrapped halves of the
-    windows that the roll brings in and the mask keeps apart (docs/tiling.md §2)."""
+    windows that the roll brings in and the mask keeps apart (docs/tiling.md §2).
+    masks: a dict the blocks of a transform share: per map width, the last band's mask, which
+    the next shifted block (and, but for the first and last, the next band) can use again."""
     def block(t, h, W):
-        mask = k.shift_attention_mask(h, W, ws, shift, xp_of(t)) if shift else None  # (nW, N, N)
+        mask = None
+        if shift:
+            if masks.get(W, (None,))[0] != h:
+                masks[W] = h, k.shift_attention_mask(h, W, ws, shift, xp_of(t))  # (nW, N, N)
+            mask = masks[W][1]
         return k.swin_block(t, h, W, params, prefix, num_heads, ws, shift=shift, mask=mask), h, W
     return RowLayer(_as_map(block), halo=shift, align=ws, offset=shift)
 
 
 def g_a_rows(params, config, kernels=DEFAULT_KERNELS):
     """g_a's layers (PatchEmbed, the blocks, PatchMerging) as row layers."""
-    k, ws, last = get_kernels(kernels), config.window_size, len(config.depths) - 1
+    k, ws, last, masks = get_kernels(kernels), config.window_size, len(config.depths) - 1, {}
     layers = [RowLayer(_as_map(lambda t, h, W: patch_embed(t.reshape(t.shape[0], h, W, -1), params,
                                                            config.patch_size, k)),
                        down=config.patch_size)]
     for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
-        layers += [swin_rows(params, f"layers.{i}.blocks.{b}", heads, ws, ws // 2 if b % 2 else 0, k)
+        layers += [swin_rows(params, f"layers.{i}.blocks.{b}", heads, ws, ws // 2 if b % 2 else 0, k, masks)
                    for b in range(depth)]
         if i < last:
             merge = lambda t, h, W, i=i: patch_merging(t, h, W, params, f"layers.{i}.downsample", k)  # noqa: E731
@@ -172,10 +178,10 @@ def g_a_rows(params, config, kernels=DEFAULT_KERNELS):
 
 def g_s_rows(params, config, kernels=DEFAULT_KERNELS):
     """g_s's layers (the blocks, PatchSplit, end_conv) as row layers."""
-    k, ws, last = get_kernels(kernels), config.window_size, len(config.depths) - 1
+    k, ws, last, masks = get_kernels(kernels), config.window_size, len(config.depths) - 1, {}
     layers = []
     for i, (depth, heads) in enumerate(zip(config.depths[::-1], config.num_heads[::-1])):
-        layers += [swin_rows(params, f"syn_layers.{i}.blocks.{b}", heads, ws, ws // 2 if b % 2 else 0, k)
+        layers += [swin_rows(params, f"syn_layers.{i}.blocks.{b}", heads, ws, ws // 2 if b % 2 else 0, k, masks)
                    for b in range(depth)]
         if i < last:
             split = lambda t, h, W, i=i: patch_split(t, h, W, params, f"syn_layers.{i}.downsample", k)  # noqa: E731
