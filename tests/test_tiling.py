@@ -147,3 +147,15 @@ def test_cli_tile_option(tmp_path):
     for bad in ("8", "big", "-1"):
         r = runner.invoke(main, ["encode", str(src), "-o", str(tmp_path / "c.mstf"), "--tile", bad])
         assert r.exit_code == 2 and "--tile" in r.output, r.output
+
+
+def test_wacnn_files_do_not_depend_on_the_tile(cnn_params):
+    eb = {k.split(".", 1)[1]: v for k, v in cnn_params.items() if k.startswith("entropy_bottleneck.")}
+    model = STF(WACNN_SMALL_CONFIG, cnn_params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32)
+    image = np.random.default_rng(6).integers(0, 256, (200, 70, 3), dtype=np.uint8)
+    whole, _ = encode_image(model, image, tile=0)
+    banded, _ = encode_image(model, image, tile=32)
+    assert abs(len(banded) - len(whole)) <= 0.01 * len(whole)
+    a, _ = decode_image(model, whole, tile=0)
+    b, _ = decode_image(model, banded, tile=16)
+    assert psnr_uint8(a, b) > 40
