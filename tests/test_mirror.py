@@ -164,6 +164,35 @@ def test_train_resume_is_exact_and_export(tmp_path):
     assert torch.load(tmp_path / "d" / "checkpoint.pt", weights_only=False)["step"] == 1
 
 
+def test_train_init_from_shipped_weight_file(tmp_path):
+    """--init takes a minstf .safetensors weight file: continued training of the shipped weights."""
+    from pathlib import Path
+
+    from minstf.mirror import train
+    from minstf.weights import load_weights
+
+    shipped = Path(__file__).resolve().parents[1] / "weights" / "stf-small-q2.safetensors"
+    w = load_weights(shipped)
+    model = train.init_model(STFTorch(SMALL, drop_path_rate=0.0), shipped)
+    params = model.export_params()
+    assert list(params) == list(w.params) and all(np.array_equal(params[k], w.params[k]) for k in params)
+    data = _tiny_dataset(tmp_path)
+    train.main(["--out", str(tmp_path / "q"), "--init", str(shipped), "--steps", "1", "--lr", "0", "--config", "small",
+                "--data", str(data), "--batch-size", "2", "--patch-size", "64", "--threads", "1",
+                "--val-every", "1", "--holdout", "1", "--lmbda", "0.013"])
+    log = (tmp_path / "q" / "log.tsv").read_text().splitlines()
+    assert log[1].startswith("0\t") and log[1].split("\t")[-1]  # the starting point's validation
+    ck = torch.load(tmp_path / "q" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 1
+    for k, v in w.params.items():  # lr 0: the main parameters are still the file's (aux Adam moves quantiles)
+        if not k.endswith("quantiles"):
+            assert np.array_equal(ck["model"][k].numpy(), v), k
+    with pytest.raises(SystemExit):  # another configuration is refused
+        train.init_model(STFTorch(STFConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 4),
+                                            num_slices=4, max_support_slices=2, slice_hidden=(16, 16, 16, 16)),
+                                  drop_path_rate=0.0), shipped)
+
+
 def test_train_refuses_kodak(tmp_path):
     from minstf.mirror import train
 

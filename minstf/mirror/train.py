@@ -3,6 +3,7 @@
     python -m minstf.mirror.train --out runs/base --config small --lmbda 0.0067 --minutes 60 --lr-drop 0.1
     python -m minstf.mirror.train --out runs/base --resume --minutes 60 --lr-drop 0.1   # after an interruption
     python -m minstf.mirror.train --out runs/lo --init runs/base/checkpoint.pt --lmbda 0.0035 --steps 3000
+    python -m minstf.mirror.train --out runs/q2 --init weights/stf-small-q2.safetensors --lmbda 0.013 --minutes 45
     python -m minstf.mirror.train export runs/base/checkpoint.pt runs/base/params.npz
 
 On a shared machine, run it with OMP_WAIT_POLICY=PASSIVE (torch's idle threads sleep).
@@ -175,6 +176,24 @@ def model_from_checkpoint(path):
     return model, ck
 
 
+def init_model(model, path, config_name="small"):
+    """Load --init weights into `model`: a training checkpoint (.pt) or a minstf weight file
+    (.safetensors, e.g. a shipped weights/stf-small-q2.safetensors: every parameter is in it;
+    its CDF tables are not needed, the mirror recomputes likelihoods from the parameters)."""
+    if str(path).endswith(".safetensors"):
+        from ..weights import load_weights  # numpy only; the checked reader, fingerprint verified
+        w = load_weights(path)
+        if w.config != model.config:
+            raise SystemExit(f"--init {path} has config {w.config.to_dict()}, not --config {config_name}")
+        model.load_params(w.params)
+        return model
+    init = load_checkpoint(path)
+    if STFConfig.from_dict(init["config"]) != model.config:
+        raise SystemExit(f"--init checkpoint has config {init['config']}, not --config {config_name}")
+    model.load_state_dict(init["model"])
+    return model
+
+
 def export_params(checkpoint_path):
     """The trained parameters as {key: float32 numpy array} (state_dict_spec order) and the config."""
     model, ck = model_from_checkpoint(checkpoint_path)
@@ -228,7 +247,9 @@ def parse_args(argv, defaults=None):
     p.add_argument("--holdout", type=int, default=8, help="images kept out of training for --val-every")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    group.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (new optimizers, step 0)")
+    group.add_argument("--init", metavar="WEIGHTS",
+                       help="start from these weights (new optimizers, step 0): a checkpoint.pt or a minstf "
+                            ".safetensors weight file such as weights/stf-small-q2.safetensors")
     if defaults:
         p.set_defaults(**defaults)
     return p.parse_args(argv)
@@ -254,10 +275,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = STFTorch(config, drop_path_rate=args.drop_path)
     if args.init:
-        init = load_checkpoint(args.init)
-        if STFConfig.from_dict(init["config"]) != config:
-            raise SystemExit(f"--init checkpoint has config {init['config']}, not --config {args.config}")
-        model.load_state_dict(init["model"])
+        init_model(model, args.init, args.config)
     optimizer = torch.optim.Adam(model.main_parameters(), lr=args.lr)
     aux_optimizer = torch.optim.Adam(model.aux_parameters(), lr=args.aux_lr)
 
@@ -293,6 +311,11 @@ def main(argv=None):
     log = open(log_path, "w" if new_log else "a")
     if new_log:
         log.write("step\tloss\tbpp\tmse\tpsnr\taux\tlr\tseconds\tval_bpp\tval_psnr\n")
+    if args.init and new_log and val_x is not None:  # the starting point's validation, same held-out batch
+        v = evaluate(model, val_x)
+        log.write(f"0\t\t\t\t\t\t\t0.0\t{v[0]:.4f}\t{v[1]:.4f}\n")
+        log.flush()
+        print(f"step 0 (--init {args.init}): val bpp {v[0]:.4f}, val psnr {v[1]:.4f}", flush=True)
     acc, t_start, t_last, seconds0 = [], time.time(), time.time(), seconds
     while progress(step, seconds, args) < 1 and (not args.steps or step < args.steps):
         lr = lr_at(progress(step, seconds, args), args)
