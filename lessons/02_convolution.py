@@ -429,13 +429,15 @@ lesson.show(fig, "pixel_shuffle")
 #
 # $h_{\mu}$ written out with the shipped weights and the reference functions, then checked
 # against `minstf.transforms.h_mean_s` on both layers. Its real lines in `minstf/transforms.py`
-# (`_h_s`, shared by `h_mean_s` and `h_scale_s`; `_conv` is a convolution with padding $k//2$,
+# (`h_s_rows`, the layer list shared by `h_mean_s` and `h_scale_s`, which run it in bands of
+# rows, docs/tiling.md; `conv_rows` is `_conv`, a convolution with padding $k//2$; `subpel_rows`
+# a convolution, GELU and PixelShuffle(2);
 # `gelu=True` picks `conv2d_gelu`, GELU(conv)):
 
 # %%
 from minstf import transforms  # noqa: E402
 
-lesson.source(transforms._h_s, start="x = _conv")
+lesson.source(transforms.h_s_rows, start="return [conv_rows")
 
 # %%
 model = minstf.load_model()

@@ -159,10 +159,13 @@ y_hat_naive, rec = slice_loop_naive(y, latent_means, latent_scales, params, cfg)
 # ### The library's loop: `run_slices`
 # `minstf.slices.run_slices` is written once for forward, compress and decompress; the only
 # step that differs is how a slice's integer symbols are obtained, passed in as
-# `quantize(s, mu, scale)`. With `taps` it records the per-slice tensors. Its real loop:
+# `quantize(s, mu, scale)`. With `taps` it records the per-slice tensors. It runs each slice
+# network band by band (`network`: the support of a band of rows concatenated for those rows
+# only, docs/tiling.md §4), and writes each finished slice into one `y_hat`; here the latent is
+# a single band. Its real loop:
 
 # %%
-lesson.source(run_slices, start="for s in range(config.num_slices)", stop="y_hat_slices.append")
+lesson.source(run_slices, start="for s in range(config.num_slices)", stop="latent residual prediction")
 
 # %% [markdown]
 # Our loop and the library's are two code paths: the symbols (integers) must agree exactly,
