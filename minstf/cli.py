@@ -24,6 +24,7 @@ import click
 
 from . import __version__, batch, bitstream, fileio, progress
 from .backend import BACKENDS, BackendUnavailable
+from .config import SYNTHETIC_CONFIGS
 from .errors import MinstfError, WrongWeights
 from .fileio import display_name as _name
 from .switch import KERNELS
@@ -289,7 +290,8 @@ def convert(checkpoint, out, force, name):
 @click.argument("src", metavar="IMAGE", type=OUTPUT)
 @click.option("--weights", "-w", type=click.Path(), help="A minstf weight file (default: shipped q2).")
 @click.option("-q", "--quality", type=click.IntRange(min(QUALITIES), max(QUALITIES)), help="Shipped weights.")
-@click.option("--synthetic", type=click.Choice(["full", "small"]), help="Recipe weights of the full or small STF.")
+@click.option("--synthetic", type=click.Choice(list(SYNTHETIC_CONFIGS)),
+              help="Recipe weights of the full or small STF, or of WACNN (cnn, cnn-small).")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --synthetic: 0 is the golden recipe.")
 @click.option("--pad", "pad_to_eval", is_flag=True, help="Zero-pad to a multiple of 64 as the evaluation does.")
 @KERNELS_OPTION

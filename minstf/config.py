@@ -262,3 +262,7 @@ WACNN_CONFIG = WACNNConfig()  # upstream's WACNN(192, 320), registered as 'cnn'
 # a small WACNN for fast tests: every layer and both attention blocks, 16 / 32 channels
 WACNN_SMALL_CONFIG = WACNNConfig(N=16, M=32, num_heads=2, window_sizes=(4, 2), num_slices=4,
                                  max_support_slices=2, slice_hidden=(32, 24, 16, 16))
+
+
+# the recipe-weight models `minstf crosscheck --synthetic` and the bench offer, by name
+SYNTHETIC_CONFIGS = {**CONFIGS, "cnn": WACNNConfig(), "cnn-small": WACNN_SMALL_CONFIG}

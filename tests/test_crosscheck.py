@@ -203,6 +203,15 @@ def test_cli_synthetic_small(tmp_path):
     assert "estimated      minstf" in out and "coded          minstf" in out
 
 
+def test_cli_synthetic_wacnn(tmp_path):
+    """--synthetic offers WACNN too: the mirror (WACNNTorch) is picked by the config."""
+    r = CliRunner().invoke(main, ["crosscheck", _png(tmp_path / "a.png", 64, 64), "--synthetic", "cnn-small"])
+    out = r.output
+    assert r.exit_code == 0, out
+    assert "weights  synthetic cnn-small, seed 0" in out and "verdict: OK" in out
+    assert "g_a" in out  # WACNN's layers are in the report
+
+
 def test_cli_pad_and_size_errors(tmp_path):
     src = _png(tmp_path / "b.png", 70, 90)
     r = CliRunner().invoke(main, ["crosscheck", src, "--synthetic", "small", "--seed", "2", "--pad"])

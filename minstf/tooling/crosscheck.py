@@ -521,12 +521,12 @@ def format_report(result):
 def run_crosscheck(image, name, weights=None, synthetic=None, seed=0, pad_to_eval=False, kernels="fast", out=None):
     """What `minstf crosscheck` does: compare minstf with the mirror on a uint8 (H, W, 3) image
     called `name`, with the weight file `weights` or the synthetic recipe weights `synthetic`
-    ("full" or "small", perturbed by `seed`), minstf on `kernels`; print the report on `out`.
+    (a name of config.SYNTHETIC_CONFIGS: "full", "small", "cnn", "cnn-small"; perturbed by `seed`), minstf on `kernels`; print the report on `out`.
     Returns result.ok."""
     require_torch()
     if synthetic:
-        from ..config import CONFIGS
-        config, tables, what = CONFIGS[synthetic], None, f"synthetic {synthetic}, seed {seed}"
+        from ..config import SYNTHETIC_CONFIGS
+        config, tables, what = SYNTHETIC_CONFIGS[synthetic], None, f"synthetic {synthetic}, seed {seed}"
         params = synthetic_params(config, seed)
     else:
         from ..weights import load_weights
