@@ -168,13 +168,13 @@ def _minstf_side(config, x, modes, kernels="fast"):
     from ..model import STF
     from ..slices import run_slices, slice_of
     from ..synthetic import recipe_weights
-    from ..transforms import g_a, g_s, h_a
 
     params = recipe_weights(config)
     eb = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("entropy_bottleneck.")}
     model = STF(config, params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32, kernels=kernels)
     del params
     p, c, xp, k = model.params, config, model.xp, model.k
+    g_a, g_s, h_a = model.t.g_a, model.t.g_s, model.t.h_a  # STF's or WACNN's
     x_nhwc = model._input(x)
     y = g_a(x_nhwc, p, c, kernels=k)
     z = h_a(y, p, c, k)
@@ -210,12 +210,14 @@ def _torch_side(config, x, modes, threads):
 
     from ..coding import CdfTable, SymbolDecoder, SymbolEncoder
     from ..entropy_models import eb_tables, gc_tables
+    from ..config import WACNNConfig
     from ..mirror.stf_torch import STFTorch, build_indexes
+    from ..mirror.wacnn_torch import WACNNTorch
     from ..synthetic import recipe_weights
 
     torch.set_num_threads(threads)
     params = recipe_weights(config)
-    model = STFTorch(config).load_params(params).eval()
+    model = (WACNNTorch if isinstance(config, WACNNConfig) else STFTorch)(config).load_params(params).eval()
     eb = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("entropy_bottleneck.")}
     t = {**eb_tables(eb), **gc_tables()}
     del params
@@ -318,9 +320,7 @@ class _Side:
     """One side's stages, set up and warmed up in this (worker) process."""
 
     def __init__(self, side, config_dict, size, modes, threads):
-        from ..config import STFConfig
-
-        config = STFConfig.from_dict(config_dict)
+        config = _config_of(config_dict)
         x, image = bench_image(tuple(size))
         self.clock = CodingClock()
         t0 = time.perf_counter()
@@ -430,7 +430,7 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
     if threads:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MINSTF_NUM_THREADS"):
             env[var] = str(threads)
-    job = {"config": config.to_dict(), "size": list(size), "modes": list(modes)}
+    job = {"config": _dict_of(config), "size": list(size), "modes": list(modes)}
     workers = {"numpy": _Worker("numpy", {**job, "threads": None}, env)}
     if reference:
         workers["reference"] = _Worker("reference", {**job, "threads": None}, env)
@@ -467,7 +467,7 @@ def run_benchmark(config=None, size=DEFAULT_SIZE, repeat=3, stages=STAGES, modes
         result[side] = {**worker.info, "figures": figures}
     result["numpy"].update({key: max(g[key] for g in gemm) for key in ("sgemm_gflops", "dgemm_gflops")})
     result.update(load_before=load_before, load_after=os.getloadavg(), repeat=repeat, size=list(size),
-                  config=config.to_dict())
+                  config=_dict_of(config))
     print(format_table(result), file=out)
     return result
 
@@ -550,9 +550,22 @@ def _ratio(a, b):
     return " " * 7 if a is None or b is None or b <= 0 else f"{a / b:>7.2f}"
 
 
+def _dict_of(config):
+    """A configuration as JSON for the workers: its model id (stf, cnn) and its fields."""
+    from ..weights import MODELS, model_of
+    return {"model": next(k for k, m in MODELS.items() if m is model_of(config)), **config.to_dict()}
+
+
+def _config_of(d):
+    from ..weights import MODELS
+    d = dict(d)
+    return MODELS[d.pop("model", "stf")].config_class.from_dict(d)
+
+
 def _config_name(d):
-    from ..config import STFConfig
-    return "full (upstream)" if STFConfig.from_dict(d) == STFConfig() else f"custom {d}"
+    config = _config_of(d)
+    name = "WACNN" if d.get("model") == "cnn" else "STF"
+    return f"{name} full (upstream)" if config == type(config)() else f"{name} custom {config.to_dict()}"
 
 
 def main(argv=None):
@@ -564,13 +577,16 @@ def main(argv=None):
     parser.add_argument("--modes", default=",".join(MODES), help="float32,portable or one of them")
     parser.add_argument("--threads", type=int, help="BLAS threads for both sides (default: NumPy's)")
     parser.add_argument("--size", default="%dx%d" % DEFAULT_SIZE, help="image WxH, multiples of 64")
+    parser.add_argument("--model", choices=["stf", "cnn"], default="stf",
+                        help="STF or WACNN (cnn), the full upstream configuration with recipe weights")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return _serve(json.loads(args.worker))
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    result = run_benchmark(size=size, repeat=args.repeat, stages=args.stages.split(","),
+    from ..config import STFConfig, WACNNConfig
+    result = run_benchmark(config=WACNNConfig() if args.model == "cnn" else STFConfig(), size=size, repeat=args.repeat, stages=args.stages.split(","),
                            modes=args.modes.split(","), torch=args.torch, threads=args.threads,
                            reference=args.reference)
     if args.json:

@@ -133,12 +133,14 @@ def stage_flops(config, x):
     g_a + h_a + hyper + slices, decompress = hyper + slices + g_s (entropy coding has no flops).
     The counts depend on shapes only: the weights are zeros of the configuration's shapes.
     """
-    from ..keys import param_spec
+    from ..model import transforms_of
     from ..slices import run_slices, slice_of
-    from ..transforms import g_a, g_s, h_a, h_mean_s, h_scale_s
+    from ..weights import model_of
 
     c = config
-    p = {s.key: np.zeros(s.shape, np.float32) for s in param_spec(c)}
+    t = transforms_of(c)  # STF's or WACNN's
+    g_a, g_s, h_a, h_mean_s, h_scale_s = t.g_a, t.g_s, t.h_a, t.h_mean_s, t.h_scale_s
+    p = {s.key: np.zeros(s.shape, np.float32) for s in model_of(c).param_spec(c)}
     f = {}
     f["g_a"], y = count(g_a, np.zeros(x.shape, np.float32).transpose(0, 2, 3, 1), p, c)  # (1, H, W, 3)
     f["h_a"], z = count(h_a, y, p, c)
