@@ -78,11 +78,10 @@ def encode_image(model, image, portable=True, progress=None, tile="auto"):
     check_size(h, w)
     _stage(progress, "pad")
     ltrb = eval_padding(h, w, model.config.pad_multiple)
-    band = tile_rows(tile, (ltrb[1] + h + ltrb[3], ltrb[0] + w + ltrb[2]))
-    if band:  # (1, 3, Hp, Wp), made band by band
-        x = PaddedRows(to_device(image, model.xp), ltrb)
-    else:
-        x = pad(to_float(to_device(image, model.xp)), ltrb)  # (1, 3, H, W) -> (1, 3, Hp, Wp)
+    x = PaddedRows(to_device(image, model.xp), ltrb)  # (1, 3, Hp, Wp), made band by band
+    band = tile_rows(tile, x.shape[2:])
+    if not band:
+        x = pad(to_float(x.image), ltrb)  # (1, 3, H, W) -> (1, 3, Hp, Wp), whole
     c = model.compress(x, portable=portable, progress=progress, tile=band)  # analysis, hyperprior, slice 1/S ...
     _stage(progress, "pack")
     header = bitstream.Header(model_id=model.model, fingerprint=bitstream.fingerprint_of(model.fingerprint),

@@ -249,7 +249,7 @@ class PaddedRows:
 
     def rows(self, a, b):
         xp = xp_of(self.image)
-        left, top, right, _ = self.ltrb
+        left, top = self.ltrb[:2]
         out = xp.zeros((1, b - a, self.shape[3], 3), xp.float32)  # the padding is zeros
         lo, hi = max(a, top), min(b, top + self.image.shape[0])  # the image's rows in [a, b)
         if lo < hi:

@@ -14,10 +14,10 @@ from minstf import rows, slices, transforms, wacnn
 from minstf.cli import main
 from minstf.codec import decode_image, encode_image, tile_rows
 from minstf.config import SMALL_CONFIG, WACNN_SMALL_CONFIG
-from minstf.entropy_models import eb_tables, gc_tables
 from minstf.image import PaddedRows, pad, psnr_uint8, to_float
-from minstf.model import STF, nhwc
+from minstf.model import nhwc
 from minstf.synthetic import recipe_weights
+from minstf.tooling.crosscheck import minstf_model
 
 TOL = 2e-5
 
@@ -90,8 +90,7 @@ def test_padded_rows_equal_the_whole_conversion():
 
 @pytest.fixture(scope="module")
 def small_model(stf_params):
-    eb = {k.split(".", 1)[1]: v for k, v in stf_params.items() if k.startswith("entropy_bottleneck.")}
-    return STF(SMALL_CONFIG, stf_params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32)
+    return minstf_model(stf_params, SMALL_CONFIG)
 
 
 def test_latent_bands_equal_the_whole_latent(small_model, monkeypatch):
@@ -150,8 +149,7 @@ def test_cli_tile_option(tmp_path):
 
 
 def test_wacnn_files_do_not_depend_on_the_tile(cnn_params):
-    eb = {k.split(".", 1)[1]: v for k, v in cnn_params.items() if k.startswith("entropy_bottleneck.")}
-    model = STF(WACNN_SMALL_CONFIG, cnn_params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32)
+    model = minstf_model(cnn_params, WACNN_SMALL_CONFIG)
     image = np.random.default_rng(6).integers(0, 256, (200, 70, 3), dtype=np.uint8)
     whole, _ = encode_image(model, image, tile=0)
     banded, _ = encode_image(model, image, tile=32)

@@ -17,12 +17,9 @@ import time
 
 def full_model():
     from minstf.config import STFConfig
-    from minstf.entropy_models import eb_tables, gc_tables
-    from minstf.model import STF
     from minstf.synthetic import recipe_weights
-    params = recipe_weights(STFConfig())
-    eb = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("entropy_bottleneck.")}
-    return STF(STFConfig(), params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32)
+    from minstf.tooling.crosscheck import minstf_model
+    return minstf_model(recipe_weights(STFConfig()), STFConfig())
 
 
 def main():

@@ -164,15 +164,11 @@ def blas_threads():
 # --- the two sides ----------------------------------------------------------------
 def _minstf_side(config, x, modes, kernels="fast"):
     """{mode: {stage: callable}} for minstf (NumPy) on one kernel layer ("fast" or "reference")."""
-    from ..entropy_models import eb_tables, gc_tables
-    from ..model import STF
     from ..slices import run_slices, slice_of
     from ..synthetic import recipe_weights
+    from .crosscheck import minstf_model
 
-    params = recipe_weights(config)
-    eb = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("entropy_bottleneck.")}
-    model = STF(config, params, {**eb_tables(eb), **gc_tables()}, fingerprint="00" * 32, kernels=kernels)
-    del params
+    model = minstf_model(recipe_weights(config), config, kernels=kernels)
     p, c, xp, k = model.params, config, model.xp, model.k
     g_a, g_s, h_a = model.t.g_a, model.t.g_s, model.t.h_a  # STF's or WACNN's
     x_nhwc = model._input(x)
