@@ -208,6 +208,49 @@ def test_end_conv(blocks, h, w):
     close(fast.end_conv(x, params, p), ref.end_conv(x, params, p))
 
 
+# --- WACNN: the transposed convolution and the window attention block -----------------------------
+DECONVS = [  # B, H, W, Cin, O, k, stride, padding, output_padding
+    (1, 5, 7, 40, 36, 5, 2, 2, 1),  # WACNN's layer shape, im2col by phases (O >= IM2COL_MIN_OUT)
+    (2, 6, 3, 8, 3, 5, 2, 2, 1),  # the last layer's shape (O = 3): taps first by phases, batch 2
+    (1, 4, 4, 6, 40, 3, 2, 1, 1),  # 3x3: phases of 2 and 1 taps
+    (1, 3, 6, 5, 4, 5, 2, 2, 0),  # no output padding: an odd output size, phases of unequal length
+    (1, 4, 5, 3, 33, 4, 3, 0, 2),  # stride 3, even kernel
+    (1, 3, 3, 4, 34, 2, 3, 0, 0),  # a kernel smaller than the stride: phases without a tap (bias only)
+    (1, 1, 1, 4, 40, 5, 2, 2, 1),  # a 1x1 map
+    (1, 17, 9, 16, 40, 5, 2, 2, 1),  # many rows: several row blocks per phase
+]
+
+
+@pytest.mark.parametrize("B,H,W,Cin,O,k,stride,padding,output_padding", DECONVS)
+def test_conv_transpose2d(blocks, B, H, W, Cin, O, k, stride, padding, output_padding):
+    rng = np.random.default_rng(H * 100 + W + O)
+    x, w, b = rand(rng, B, H, W, Cin), rand(rng, Cin, O, k, k, scale=0.3), rand(rng, O)
+    for bias in (b, None):
+        close(fast.conv_transpose2d(x, w, bias, stride, padding, output_padding),
+              ref.conv_transpose2d(x, w, bias, stride, padding, output_padding))
+
+
+def test_conv_transpose2d_float64(blocks):
+    rng = np.random.default_rng(11)
+    x, w, b = (rand(rng, 1, 6, 5, 40, dtype=np.float64), rand(rng, 40, 40, 5, 5, scale=0.1, dtype=np.float64),
+               rand(rng, 40, dtype=np.float64))
+    close(fast.conv_transpose2d(x, w, b), ref.conv_transpose2d(x, w, b), F64)
+
+
+@pytest.mark.parametrize("B,H,W,C,heads,ws", [(1, 8, 12, 12, 3, 4), (2, 8, 8, 8, 2, 4), (1, 16, 8, 6, 1, 8)])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_block(blocks, B, H, W, C, heads, ws, shifted):
+    rng = np.random.default_rng(B * 100 + H + W)
+    params = block_params(rng, "b", C, heads, ws, 4 * C)
+    x = rand(rng, B, H, W, C)
+    shift = ws // 2 if shifted else 0
+    mask = ref.shift_attention_mask(H, W, ws, ws // 2)
+    close(fast.window_attention_block(x, params, "b", heads, ws, shift, mask),
+          ref.window_attention_block(x, params, "b", heads, ws, shift, mask))
+    with pytest.raises(ValueError, match="multiples of"):
+        fast.window_attention_block(x[:, 1:], params, "b", heads, ws, shift, mask)
+
+
 # --- the thread helpers and the layout cache -------------------------------------------------------
 @pytest.mark.parametrize("rows, row_elements, overlap, block", [
     (0, 5, 0, 10), (1, 5, 0, 10), (10, 1, 0, 3), (10, 4, 2, 8), (7, 100, 0, 10), (100, 3, 0, 1 << 22)])

@@ -10,6 +10,7 @@ Conv2d `(O, I, kH, kW)`); feature maps are channels-last `(B, H, W, C)`.
 Convolutions (stride 1) are matrix products on whole rows of pixels, in one of
 two ways, chosen by which moves fewer bytes:
 
+    1x1 (WACNN's residual units and gates): one product over the channels, `linear`
     taps first (O <= Cin: the slice networks, h_a, the last 3x3 of end_conv):
         Y = x @ [W_tap0 | W_tap1 | ...]        one product, (H*W, Cin) @ (Cin, k*k*O)
         out[i, j] = bias + sum over taps (dy, dx) of Y[i + dy - p, j + dx - p, tap's O columns]
@@ -103,6 +104,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
                 for dy in range(k) for dx in range(k)]  # k*k views (B, Ho, Wo, Cin)
         cols = xp.concatenate(taps, axis=-1)  # (B, Ho, Wo, k*k*Cin)
         return linear(cols, w.T, bias)  # (B, Ho, Wo, O)
+    if k == 1 and padding == 0:  # a 1x1 convolution is one product over the channels
+        return linear(x, weight.reshape(O, Cin), bias)  # (B, H, W, Cin) -> (B, H, W, O)
     x = xp.ascontiguousarray(x)
     out = xp.empty((B, Ho, Wo, O), dtype=x.dtype)
     if O <= Cin:  # fewer bytes moved: Y has k*k*O values a pixel, im2col k*k*Cin (and needs less memory)
