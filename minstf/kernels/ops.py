@@ -22,7 +22,7 @@ two ways, chosen by which moves fewer bytes:
 
 Weights keep PyTorch's layout in `params`; the (Cin, k*k*O) and (k*k*Cin, O)
 matrices are made once per weight array (`layouts.derived`). Stride 2 (PatchEmbed,
-h_a) uses im2col on strided views.
+h_a, WACNN's g_a) uses im2col on strided views, by blocks of output rows on all cores.
 
 Elementwise work (GELU, LayerNorm, softmax, residual adds) runs on NumPy in
 cache-sized blocks of rows (`threads.parallel_rows`: several passes over a block
@@ -97,13 +97,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     O, _, k, _ = weight.shape
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
     if stride != 1:
-        # im2col on strided views: one column block per tap, then one GEMM
         x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, Hp, Wp, Cin)
-        w = derived(weight, "im2col", _im2col_matrix)  # (k*k*Cin, O)
-        taps = [x[:, dy:dy + stride * (Ho - 1) + 1:stride, dx:dx + stride * (Wo - 1) + 1:stride]
-                for dy in range(k) for dx in range(k)]  # k*k views (B, Ho, Wo, Cin)
-        cols = xp.concatenate(taps, axis=-1)  # (B, Ho, Wo, k*k*Cin)
-        return linear(cols, w.T, bias)  # (B, Ho, Wo, O)
+        out = xp.empty((B, Ho, Wo, O), dtype=x.dtype)
+        blocks = [(b, h0, n) for b in range(B)
+                  for h0, n in row_blocks(Ho, Wo * k * k * Cin, block_elements=BLOCK["im2col"])]
+        parallel_blocks(partial(_conv_strided_rows, x=x, weight=weight, bias=bias, stride=stride, out=out),
+                        blocks, on_host(x))
+        return out
     if k == 1 and padding == 0:  # a 1x1 convolution is one product over the channels
         return linear(x, weight.reshape(O, Cin), bias)  # (B, H, W, Cin) -> (B, H, W, O)
     x = xp.ascontiguousarray(x)
@@ -201,6 +201,26 @@ def _conv_im2col(x, weight, bias, out):
         matmul_into(cols.reshape(n * Wo, -1), w, o)
         if bias is not None:
             add(o, bias, out=o)
+
+
+def _conv_strided_rows(b, h0, n, x, weight, bias, stride, out):
+    """Output rows h0 .. h0+n-1 of image b of a strided convolution: im2col on strided views, one product.
+
+    Args: x (B, Hp, Wp, Cin) padded; out (B, Ho, Wo, O).
+    """
+    xp = xp_of(x)
+    Cin, (Wo, O), k = x.shape[-1], out.shape[2:], weight.shape[-1]
+    w = derived(weight, "im2col", _im2col_matrix)  # (k*k*Cin, O)
+    cols = xp.empty((n, Wo, k * k * Cin), dtype=x.dtype)  # (n, Wo, k*k*Cin)
+    for dy in range(k):
+        r = x[b, stride * h0 + dy:stride * (h0 + n - 1) + dy + 1:stride]  # (n, Wp, Cin): the rows tap row dy reads
+        for dx in range(k):
+            t = dy * k + dx
+            cols[:, :, t * Cin:(t + 1) * Cin] = r[:, dx:dx + stride * (Wo - 1) + 1:stride]
+    o = out[b, h0:h0 + n].reshape(n * Wo, O)
+    matmul_into(cols.reshape(n * Wo, -1), w, o)
+    if bias is not None:
+        o += bias
 
 
 def _side_by_side(cols, *rows, k):
