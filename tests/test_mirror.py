@@ -198,3 +198,27 @@ def test_train_refuses_kodak(tmp_path):
 
     with pytest.raises(SystemExit):
         train.load_images(tmp_path / "kodak", 64)
+
+
+def test_holdout_images_are_the_training_runs_validation_images(tmp_path):
+    """tools/holdout_images.py writes exactly the images train.py keeps out, under the same options."""
+    import importlib.util
+    from pathlib import Path
+    from PIL import Image
+    from minstf.mirror import train
+    spec = importlib.util.spec_from_file_location("holdout_images", Path(__file__).parents[1] / "tools/holdout_images.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(data / f"im{i}.png")
+    tool.main([str(tmp_path / "val"), "--data", str(data), "--holdout", "2", "--seed", "5", "--patch-size", "16"])
+    images = train.load_images(data, 16)
+    held = sorted(train.held_out(len(images), 2, 5))
+    assert len(held) == 2
+    written = sorted((tmp_path / "val").iterdir())
+    assert [p.name for p in written] == [f"holdout_{i:04d}.png" for i in held]
+    for p, i in zip(written, held):
+        np.testing.assert_array_equal(np.asarray(Image.open(p)), images[i])

@@ -45,6 +45,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".we
 
 # --------------------------------------------------------------------------- data
 
+def held_out(count, holdout, seed):
+    """The indexes (into load_images' sorted list) of the images kept out of training for validation."""
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(count, size=min(holdout, count - 1), replace=False).tolist())
+
+
 def load_images(folder, min_size):
     """Decode every image under `folder` (recursively, sorted) to uint8 (H, W, 3) arrays."""
     folder = Path(folder).resolve()
@@ -280,8 +286,7 @@ def main(argv=None):
     aux_optimizer = torch.optim.Adam(model.aux_parameters(), lr=args.aux_lr)
 
     images = load_images(args.data, args.patch_size)
-    rng = np.random.default_rng(args.seed)
-    held = set(rng.choice(len(images), size=min(args.holdout, len(images) - 1), replace=False).tolist())
+    held = held_out(len(images), args.holdout, args.seed)
     val_x = None
     if held and args.val_every:
         val_x = CropSampler([images[i] for i in sorted(held)], args.patch_size, 1, args.seed + 1).batch(len(held))
