@@ -7,8 +7,8 @@ code runs on NumPy and CuPy, and keeps the input's float dtype (float32, or
 float64 in portable mode). Weights keep PyTorch layouts (Linear `(out, in)`,
 Conv2d `(O, I, kH, kW)`); feature maps are channels-last `(B, H, W, C)`.
 
-Convolutions (stride 1) are matrix products on whole rows of pixels, in one of
-two ways, chosen by which moves fewer bytes:
+Convolutions (stride 1) are matrix products on whole rows of pixels: a 1x1 one is a
+single product, the others go one of two ways, chosen by which moves fewer bytes:
 
     1x1 (WACNN's residual units and gates): one product over the channels, `linear`
     taps first (O <= Cin: the slice networks, h_a, the last 3x3 of end_conv):
