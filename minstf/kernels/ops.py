@@ -212,24 +212,21 @@ def _conv_strided_rows(b, h0, n, x, weight, bias, stride, out):
     Cin, (Wo, O), k = x.shape[-1], out.shape[2:], weight.shape[-1]
     w = derived(weight, "im2col", _im2col_matrix)  # (k*k*Cin, O)
     cols = xp.empty((n, Wo, k * k * Cin), dtype=x.dtype)  # (n, Wo, k*k*Cin)
-    for dy in range(k):
-        r = x[b, stride * h0 + dy:stride * (h0 + n - 1) + dy + 1:stride]  # (n, Wp, Cin): the rows tap row dy reads
-        for dx in range(k):
-            t = dy * k + dx
-            cols[:, :, t * Cin:(t + 1) * Cin] = r[:, dx:dx + stride * (Wo - 1) + 1:stride]
+    _side_by_side(cols, *[x[b, stride * h0 + dy:stride * (h0 + n - 1) + dy + 1:stride] for dy in range(k)],
+                  k=k, stride=stride)  # the rows tap row dy reads, (n, Wp, Cin) each
     o = out[b, h0:h0 + n].reshape(n * Wo, O)
     matmul_into(cols.reshape(n * Wo, -1), w, o)
     if bias is not None:
         o += bias
 
 
-def _side_by_side(cols, *rows, k):
-    """cols (n, Wo, k*k*Cin) <- tap (dy, dx) = rows[dy][:, dx:dx + Wo] at columns (dy*k + dx)*Cin..."""
+def _side_by_side(cols, *rows, k, stride=1):
+    """cols (n, Wo, k*k*Cin) <- tap (dy, dx) = rows[dy][:, dx::stride] (Wo columns) at columns (dy*k + dx)*Cin..."""
     Wo, Cin = cols.shape[1], rows[0].shape[-1]
     for dy, r in enumerate(rows):  # r (n, Wp, Cin): input rows dy below the output rows
         for dx in range(k):
             t = dy * k + dx
-            cols[:, :, t * Cin:(t + 1) * Cin] = r[:, dx:dx + Wo]
+            cols[:, :, t * Cin:(t + 1) * Cin] = r[:, dx:dx + stride * (Wo - 1) + 1:stride]
 
 
 def pixel_shuffle(x, r, out=None, channel_order="cij"):
