@@ -31,7 +31,17 @@ def test_run_benchmark_tiny():
             for f in stages.values():
                 assert f["median_s"] > 0 and 0 <= f["coding_s"] <= f["median_s"]
     table = out.getvalue()
-    assert "g_a" in table and "entropy coding" in table and "load average" in table
+    assert "g_a" in table and "entropy coding" in table and "load average" in table and "\nBLAS: " in table
     assert ("time x" in table) == HAVE_TORCH and "ref x" in table and "of bound" in table
     assert r["numpy"]["flops"]["compress"] > 0 and r["numpy"]["sgemm_gflops"] > 0
     assert r["numpy"]["threads"] == 1
+
+
+def test_blas_kernels_names_the_pin(monkeypatch):
+    from minstf.tooling import bench
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    text = bench.blas_kernels()  # the variable only matters at load time; the report names it
+    assert "$OPENBLAS_CORETYPE=Haswell is set" in text
+    monkeypatch.setattr(bench, "cpu_simd", lambda: "AVX-512")
+    narrow = any(f"{core} kernels" in text.lower() for core in bench.NARROW_OPENBLAS_CORES)
+    assert ("less than the CPU has" in bench.blas_kernels()) == narrow

@@ -161,6 +161,55 @@ def blas_threads():
     return os.cpu_count(), "assumed: OpenBLAS default = os.cpu_count()"
 
 
+NARROW_OPENBLAS_CORES = ("haswell", "zen", "sandybridge", "nehalem", "prescott")  # OpenBLAS cores without AVX-512
+
+
+def blas_kernels():
+    """What NumPy's BLAS runs on: "OpenBLAS 0.3.31, Haswell kernels (OPENBLAS_CORETYPE=Haswell set)",
+    the CPU's widest vector instructions beside it, and a warning when the BLAS kernels use fewer.
+
+    OpenBLAS picks its kernels for the CPU at load time unless $OPENBLAS_CORETYPE names them;
+    a machine image that pins an older core (seen here: Haswell, AVX2, on an AVX-512 CPU)
+    halves the products' speed while torch (oneDNN, MKL) still uses the whole CPU.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    except ImportError:
+        blas = []
+    pin = os.environ.get("OPENBLAS_CORETYPE")
+    if blas:
+        b = blas[0]
+        text = f"{b.get('internal_api', '?')} {b.get('version', '?')}"
+        if b.get("architecture"):
+            text += f", {b['architecture']} kernels"
+    else:
+        text = "unknown (no threadpoolctl)"
+    if pin:
+        text += f" ($OPENBLAS_CORETYPE={pin} is set)"
+    simd = cpu_simd()
+    if simd:
+        text += f"; CPU: {simd}"
+        arch = blas[0].get("architecture", "") if blas else ""
+        if simd == "AVX-512" and arch.lower() in NARROW_OPENBLAS_CORES:
+            text += " -- the BLAS kernels use less than the CPU has" + (
+                "; `env -u OPENBLAS_CORETYPE` lets OpenBLAS choose" if pin else "")
+    return text
+
+
+def cpu_simd():
+    """The widest x86 vector extension in /proc/cpuinfo ("AVX-512", "AVX2", "SSE4.2"), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("sse4_2", "SSE4.2")):
+        if flag in flags:
+            return name
+    return None
+
+
 # --- the two sides ----------------------------------------------------------------
 def _minstf_side(config, x, modes, kernels="fast"):
     """{mode: {stage: callable}} for minstf (NumPy) on one kernel layer ("fast" or "reference")."""
@@ -325,13 +374,14 @@ class _Side:
             torch.set_grad_enabled(False)
             self.table = _torch_side(config, x, modes, threads)
             self.info = {"threads": torch.get_num_threads(), "threads_how": "torch.set_num_threads",
-                         "version": torch.__version__}
+                         "version": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         else:
             from ..kernels import threads as host
             self.table = _minstf_side(config, x, modes, kernels="reference" if side == "reference" else "fast")
             n, how = blas_threads()
             self.info = {"threads": n, "threads_how": how, "version": np.__version__,
-                         "host_threads": host.num_threads(), "blocks_threaded": host.num_threads() > 1}
+                         "host_threads": host.num_threads(), "blocks_threaded": host.num_threads() > 1,
+                         "blas_kernels": blas_kernels()}
         if side == "numpy":  # the arithmetic and this machine's BLAS rates, measured in this process
             from .flops import gemm_rate, stage_flops
             self.info.update(flops=stage_flops(config, x))
@@ -476,7 +526,8 @@ def format_table(result):
              f"(1-min; {os.cpu_count()} CPUs)",
              f"minstf: NumPy {np_['version']}, BLAS threads {np_['threads']} ({np_['threads_how']}), "
              f"{np_['host_threads']} host threads, blocks of a layer on them: "
-             f"{'yes (BLAS held to 1 thread by threadpoolctl)' if np_['blocks_threaded'] else 'no'}"]
+             f"{'yes (BLAS held to 1 thread by threadpoolctl)' if np_['blocks_threaded'] else 'no'}",
+             f"BLAS: {np_.get('blas_kernels', 'unknown')}"]
     bound = _bound_seconds(np_)
     if bound:
         lines.append(f"bound: sgemm {np_['sgemm_gflops']:.0f} GFLOP/s, dgemm {np_['dgemm_gflops']:.0f} GFLOP/s "
@@ -486,7 +537,8 @@ def format_table(result):
         lines.append("reference: minstf's reference kernels (minstf/reference/), same model and stages; "
                      "ref x = reference / fast")
     if th:
-        lines.append(f"torch:  {th['version']}, {th['threads']} threads ({th['threads_how']}), eval, no_grad")
+        lines.append(f"torch:  {th['version']}, {th['threads']} threads ({th['threads_how']}), "
+                     f"CPU capability {th.get('cpu_capability', '?')}, eval, no_grad")
     lines.append(f"memory: {np_['memory_method']}; max over runs")
     lines.append("cpu s: CPU time of the process (all threads; spinning BLAS/OpenMP threads count too)")
     if th:
