@@ -315,6 +315,19 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     close(outs[0], outs[1], 1e-6)
 
 
+def test_scratch_is_reused_in_a_thread_and_never_shared_between_threads():
+    a, b = threads.scratch(100, np.float32, 2)
+    assert a.shape == (100,) and not np.shares_memory(a, b)
+    again = threads.scratch(50, np.float32, 2)[0]
+    assert np.shares_memory(again, a)  # the same thread: the same memory, no new allocation
+    assert threads.scratch(50, np.float64, 1)[0].dtype == np.float64
+    other = []
+    t = threading.Thread(target=lambda: other.append(threads.scratch(100, np.float64, 1)[0]))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other[0], threads.scratch(100, np.float64, 1)[0])
+
+
 def test_derived_layouts_are_made_once_per_array():
     calls = []
     w = np.arange(6.0).reshape(2, 3)

@@ -20,6 +20,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ..backend import on_host
@@ -27,6 +28,7 @@ from ..backend import on_host
 # --- the block-size table: values (float32 elements) per block of each kind of work ------
 BLOCK = {
     "elementwise": 1 << 15,  # an operand block of parallel_rows: 128 KB, a few operands fit in L2
+    "gelu": 1 << 17,  # GELU's blocks: ~30 passes over 4 work arrays of 512 KB (`scratch`), fewer calls a value
     "attention": 1 << 17,  # scores of a block of windows inside one group
     "conv sums": 1 << 17,  # output rows of the shifted tap sums of a taps-first convolution
     "im2col": 1 << 19,  # the k*k shifted views of a block of output rows: ~2 MB, in cache
@@ -37,7 +39,7 @@ BLOCK = {
 }
 
 _pool = None
-_inside = threading.local()  # set in pool threads: nested parallel work runs serially there
+_inside = threading.local()  # .flag set in pool threads (nested parallel work runs serially there); .scratch
 _blas = None
 
 
@@ -55,6 +57,21 @@ def _executor():
         _pool = ThreadPoolExecutor(max(num_threads() - 1, 1), thread_name_prefix="minstf",
                                    initializer=lambda: setattr(_inside, "flag", True))
     return _pool
+
+
+def scratch(n, dtype, count):
+    """`count` flat work arrays of n values for the calling thread, reused from call to call.
+
+    A kernel of many passes over a block would otherwise allocate its temporaries anew for
+    every block; from 128 KB up, glibc maps each one fresh from the OS and every first touch
+    of a page faults. Reused, blocks can be large enough that a ufunc call's fixed cost (the
+    GIL held for about 1.5 us) is small beside its loop.
+    """
+    have = getattr(_inside, "scratch", None)
+    if have is None or len(have) < count or have[0].size < n or have[0].dtype != dtype:
+        have = [np.empty(n, dtype=dtype) for _ in range(count)]
+        _inside.scratch = have
+    return [a[:n] for a in have[:count]]
 
 
 def row_blocks(rows, row_elements, overlap=0, block_elements=None):
