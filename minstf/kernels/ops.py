@@ -278,8 +278,9 @@ def gelu(x, bias=None, out=None):
 
     out may be x (in place). On NumPy in float32, erfc comes from a fit with a relative
     error < 1.2e-7 (`_gelu_float32_rows`, ~2-3 ns a value on two threads): SciPy's float32
-    erf costs ~15 ns a value and GELU runs on ~90 M values per image and transform. float64 (portable mode, whose
-    results must not depend on the backend) and CuPy use the library erf.
+    erf costs ~15 ns a value and GELU runs on ~90 M values per image and transform.
+    float64 (portable mode, whose results must not depend on the backend) and CuPy use
+    the library erf.
     """
     xp = xp_of(x)
     C = x.shape[-1]
