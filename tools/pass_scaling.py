@@ -36,7 +36,8 @@ VALUES = 1 << 29  # values a measurement passes over: 30-250 ms
 
 
 def scaling(op, n, threads, rounds=3):
-    """(seconds on one thread, seconds on `threads` threads doing `threads` times the work), best of rounds."""
+    """(seconds on one thread, seconds on `threads` threads doing `threads` times the work, values
+    one thread passed over), best of rounds."""
     count = max(50, VALUES // n)
     calls(op, n, count // 10)  # warm-up
     one = many = float("inf")
@@ -49,7 +50,7 @@ def scaling(op, n, threads, rounds=3):
             for f in [pool.submit(calls, op, n, count) for _ in range(threads)]:
                 f.result()
             many = min(many, time.perf_counter() - t)
-    return one, many
+    return one, many, count * n
 
 
 def main(argv=None):
@@ -61,8 +62,7 @@ def main(argv=None):
     print(f"{'ufunc':<12}{'block':>8}{'ns a value':>12}{f'speed-up on {args.threads}':>16}")
     for op in args.ops.split(","):
         for n in map(int, args.sizes.split(",")):
-            one, many = scaling(op, n, args.threads)
-            values = max(50, VALUES // n) * n
+            one, many, values = scaling(op, n, args.threads)
             print(f"{op:<12}{n:>8}{one / values * 1e9:>12.3f}{args.threads * one / many:>16.2f}")
 
 

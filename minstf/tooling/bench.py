@@ -165,8 +165,8 @@ NARROW_OPENBLAS_CORES = ("haswell", "zen", "sandybridge", "nehalem", "prescott")
 
 
 def blas_kernels():
-    """What NumPy's BLAS runs on: "OpenBLAS 0.3.31, Haswell kernels (OPENBLAS_CORETYPE=Haswell set)",
-    the CPU's widest vector instructions beside it, and a warning when the BLAS kernels use fewer.
+    """What NumPy's BLAS runs on, e.g. "openblas 0.3.31, Haswell kernels ($OPENBLAS_CORETYPE=Haswell
+    is set); CPU: AVX-512", with a warning when the BLAS kernels use less than the CPU has.
 
     OpenBLAS picks its kernels for the CPU at load time unless $OPENBLAS_CORETYPE names them;
     a machine image that pins an older core (seen here: Haswell, AVX2, on an AVX-512 CPU)
@@ -174,23 +174,19 @@ def blas_kernels():
     """
     try:
         from threadpoolctl import threadpool_info
-        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        blas = next((p for p in threadpool_info() if p.get("user_api") == "blas"), None)
     except ImportError:
-        blas = []
+        blas = None
+    arch = (blas or {}).get("architecture") or ""
     pin = os.environ.get("OPENBLAS_CORETYPE")
-    if blas:
-        b = blas[0]
-        text = f"{b.get('internal_api', '?')} {b.get('version', '?')}"
-        if b.get("architecture"):
-            text += f", {b['architecture']} kernels"
-    else:
-        text = "unknown (no threadpoolctl)"
+    text = f"{blas.get('internal_api', '?')} {blas.get('version', '?')}" if blas else "unknown (no threadpoolctl)"
+    if arch:
+        text += f", {arch} kernels"
     if pin:
         text += f" ($OPENBLAS_CORETYPE={pin} is set)"
     simd = cpu_simd()
     if simd:
         text += f"; CPU: {simd}"
-        arch = blas[0].get("architecture", "") if blas else ""
         if simd == "AVX-512" and arch.lower() in NARROW_OPENBLAS_CORES:
             text += " -- the BLAS kernels use less than the CPU has" + (
                 "; `env -u OPENBLAS_CORETYPE` lets OpenBLAS choose" if pin else "")
