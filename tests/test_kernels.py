@@ -127,7 +127,7 @@ def test_layer_norm(blocks, dtype, tol):
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float64, F64)])
 def test_gelu(blocks, dtype, tol):
-    """float32: the fast erfc fit vs the library erf, relative error < 1.2e-7 by design."""
+    """float32: the fast erfc fit vs the library erf (absolute error < 1.5e-7 in erfc by design)."""
     rng = np.random.default_rng(5)
     x = rand(rng, 301, 33, scale=4.0, dtype=dtype)
     x[0, :5] = [0.0, -0.0, 12.0, -12.0, 1e-30]
@@ -137,6 +137,20 @@ def test_gelu(blocks, dtype, tol):
     y = x.copy()
     fast.gelu(y, out=y)  # in place
     close(y, ref.gelu(x), tol)
+
+
+def test_gelu_float32_error_is_below_pytorchs():
+    """The erfc fit's GELU error is at most |x| * 7.5e-8 (plus float32 rounding): on a dense grid of
+    [-12, 12] it stays below 4e-7 of the float64 value, and below PyTorch's own float32 GELU's error."""
+    torch = pytest.importorskip("torch")
+    from scipy.special import erf
+
+    x = np.linspace(-12.0, 12.0, 400_001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * (1.0 + erf(x64 / np.sqrt(2.0)))
+    ours = np.abs(fast.gelu(x).astype(np.float64) - exact).max()
+    theirs = np.abs(torch.nn.functional.gelu(torch.from_numpy(x)).numpy().astype(np.float64) - exact).max()
+    assert ours < 4e-7 and ours < theirs, (ours, theirs)
 
 
 @pytest.mark.parametrize("axis", [-1, 0])

@@ -86,7 +86,9 @@ def test_gelu_is_exact_erf_form(ops):
     x = rand(rng, 1000, scale=4.0)
     got = ops.gelu(x)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, F.gelu(t(x)).numpy(), atol=1e-6, rtol=1e-6)
+    # PyTorch's float32 GELU is itself up to 1.2e-6 off the float64 value on [-12, 12] (0.9e-6 at
+    # x = -3.44 here), the fast layer's up to 4e-7 (tests/test_kernels.py): the sum, with margin
+    np.testing.assert_allclose(got, F.gelu(t(x)).numpy(), atol=2e-6, rtol=1e-6)
     # the tanh approximation differs by more than that somewhere
     assert np.abs(got - F.gelu(t(x), approximate="tanh").numpy()).max() > 1e-4
 

@@ -28,7 +28,7 @@ from ..backend import on_host
 # --- the block-size table: values (float32 elements) per block of each kind of work ------
 BLOCK = {
     "elementwise": 1 << 15,  # an operand block of parallel_rows: 128 KB, a few operands fit in L2
-    "gelu": 1 << 17,  # GELU's blocks: ~30 passes over 4 work arrays of 512 KB (`scratch`), fewer calls a value
+    "gelu": 1 << 17,  # GELU's blocks: 21 passes over 3 work arrays of 512 KB (`scratch`), fewer calls a value
     "attention": 1 << 17,  # scores of a block of windows inside one group
     "conv sums": 1 << 17,  # output rows of the shifted tap sums of a taps-first convolution
     "im2col": 1 << 19,  # the k*k shifted views of a block of output rows: ~2 MB, in cache
