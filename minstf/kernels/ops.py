@@ -318,30 +318,30 @@ def _gelu_float32_rows(out, x, bias=None):
     For x >= 0: x*Phi(x) = x - x*Phi(-x); for x < 0: x*Phi(x) = -|x|*Phi(-|x|): both are
     relu(x) - |x|*Phi(-|x|), whose second term is small where the first is large.
     GELU(x) = (x + |x| - |x| erfc(|x|/sqrt 2)) / 2 (np.maximum costs several times a pass of abs),
-    with z = |x|/sqrt 2 folded into the constants: t = 1 / (1 + p/sqrt 2 |x|), exp(-x^2/2).
+    the fit's z = |x|/sqrt 2 folded into the constants: t = 1 / (1 + p/sqrt 2 |x|), exp(-x^2/2).
     21 passes over a block, all into this thread's 3 work arrays (`threads.scratch`): no pass
     allocates, and blocks of BLOCK["gelu"] values keep the number of calls a value low.
     """
     xp = xp_of(x)
     f = x.dtype.type
-    z, t, q = (a.reshape(x.shape) for a in scratch(x.size, x.dtype, 3))
+    ax, t, q = (a.reshape(x.shape) for a in scratch(x.size, x.dtype, 3))
     if bias is not None:
         xp.add(x, bias, out=out)
         x = out
-    xp.abs(x, out=z)  # z = |x|
-    xp.multiply(z, f(_ERFC_P * _SQRT_HALF), out=t)
+    xp.abs(x, out=ax)  # |x|
+    xp.multiply(ax, f(_ERFC_P * _SQRT_HALF), out=t)
     t += f(1.0)
     xp.divide(f(1.0), t, out=t)  # t = 1 / (1 + p |x| / sqrt 2)
     xp.multiply(t, f(_ERFC_A[4]), out=q)  # t * (a1 + t * (a2 + ...)) by Horner
-    for a in _ERFC_A[3::-1]:
-        q += f(a)
+    for c in _ERFC_A[3::-1]:
+        q += f(c)
         q *= t
-    xp.multiply(z, f(-0.5), out=t)  # t is free again
-    t *= z
+    xp.multiply(ax, f(-0.5), out=t)  # t is free again
+    t *= ax
     xp.exp(t, out=t)  # exp(-x^2 / 2)
     q *= t  # erfc(|x| / sqrt 2)
-    q *= z  # |x| erfc(|x| / sqrt 2) = 2 |x| Phi(-|x|)
-    xp.add(x, z, out=out)  # x + |x| = 2 relu(x); x may be out
+    q *= ax  # |x| erfc(|x| / sqrt 2) = 2 |x| Phi(-|x|)
+    xp.add(x, ax, out=out)  # x + |x| = 2 relu(x); x may be out
     out -= q
     out *= f(0.5)
 
