@@ -133,12 +133,16 @@ def _nudged(params, config, x, margin=1e-5, noise_floor=5e-6):
 
     The element is the one closest to a tie among those at least `noise_floor` from it: float32 noise
     between two implementations (~1e-6 here) cannot decide it either way, so the mirror (original
-    weights) keeps the original decision and minstf (nudged) takes the other, on every CPU and BLAS."""
+    weights) keeps the original decision and minstf (nudged) takes the other, on every CPU and BLAS.
+    It is taken from a slice that no later slice reads as support, so the moved channel of mu cannot
+    move a later slice's mean or scale across a threshold of its own (which one would depend on
+    where float noise falls)."""
     taps = {}
     xc.minstf_model(params, config).forward(x, taps)
     d = (taps["y"] - taps["mu"]).astype(np.float64)  # (1, H4, W4, M)
     distance = np.abs(d % 1.0 - 0.5)  # to the nearest rounding threshold
     distance[distance < noise_floor] = np.inf  # too close to call: float noise decides those
+    distance[..., :config.slice_channels * config.max_support_slices] = np.inf  # support slices: read later
     b, h, w, ch = np.unravel_index(np.argmin(distance), d.shape)
     signed = d[b, h, w, ch] % 1.0 - 0.5  # < 0: rounds down now: raise y - mu by |signed| + margin, else lower
     shift = -(abs(signed) + margin) if signed < 0 else abs(signed) + margin  # added to mu

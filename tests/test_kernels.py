@@ -19,7 +19,8 @@ import pytest
 
 import minstf.kernels as fast
 import minstf.reference as ref
-from minstf.kernels import threads
+from minstf.kernels import blas, threads
+from minstf.kernels import ops as fast_ops
 from minstf.kernels.layouts import derived
 from minstf.switch import INTERFACE, get_kernels, kernels_name
 
@@ -73,7 +74,11 @@ def test_linear(blocks, dtype, tol):
     close(out, ref.linear(x, w, b), tol)
 
 
-CONVS = [  # B, H, W, Cin, O, k, stride, padding: both fast paths (taps first: O <= Cin; im2col: O > Cin)
+CONVS = [  # B, H, W, Cin, O, k, stride, padding: every fast path (shifted products: 16 <= O <= Cin,
+    # "same" padding; taps first: the other O <= Cin; im2col: O > Cin)
+    (1, 7, 9, 24, 16, 3, 1, 1),  # shifted products, odd sizes
+    (2, 5, 6, 20, 17, 5, 1, 2),  # shifted products 5x5, batch 2
+    (1, 1, 1, 16, 16, 3, 1, 1),  # shifted products on a 1x1 map: every tap but the centre reads padding
     (1, 7, 9, 8, 5, 3, 1, 1),  # taps first, odd sizes
     (2, 11, 6, 3, 12, 5, 1, 2),  # im2col 5x5, batch 2
     (1, 9, 13, 6, 6, 3, 2, 1),  # stride 2, odd sizes (h_a)
@@ -98,10 +103,42 @@ def test_conv2d(blocks, B, H, W, Cin, O, k, stride, padding):
 
 def test_conv2d_float64(blocks):
     rng = np.random.default_rng(7)
-    for Cin, O in ((8, 4), (3, 10)):  # both paths
+    for Cin, O in ((8, 4), (3, 10), (24, 16)):  # taps first, im2col, shifted products
         x, w, b = (rand(rng, 1, 9, 7, Cin, dtype=np.float64), rand(rng, O, Cin, 3, 3, dtype=np.float64),
                    rand(rng, O, dtype=np.float64))
         close(fast.conv2d_gelu(x, w, b, 1, 1), ref.conv2d_gelu(x, w, b, 1, 1), F64)
+
+
+needs_numpy_blas = pytest.mark.skipif(not blas.available(np.float32),
+                                      reason="NumPy's BLAS is not the OpenBLAS of its PyPI wheel")
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_into_adds_the_product_in_place(dtype):
+    rng = np.random.default_rng(3)
+    a, b = rand(rng, 40, 7, dtype=dtype)[5:37], rand(rng, 7, 9, dtype=dtype)  # a: a row slice, as the shifts use
+    out = np.full((32, 9), np.nan, dtype)  # beta 0 must not read it
+    assert blas.gemm_into(a, b, out, beta=0) is out
+    want = a.astype(np.float64) @ b
+    close(out, want.astype(dtype), 1e-6 if dtype == np.float32 else F64)
+    blas.gemm_into(a, b, out, beta=1)
+    close(out, (2 * want).astype(dtype), 1e-6 if dtype == np.float32 else F64)
+    with pytest.raises(ValueError, match="row-major"):
+        blas.gemm_into(a.T, b[:, :7].T, out[:7, :7], beta=0)  # column-major operands
+    with pytest.raises(ValueError, match="one dtype"):
+        blas.gemm_into(a.astype(np.float32 if dtype == np.float64 else np.float64), b, out, beta=0)
+
+
+@needs_numpy_blas
+def test_same_padded_convolutions_take_the_shifted_products(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fast_ops, "_conv_shifted", lambda *a: calls.append(a[1].shape) or a[3].fill(0))
+    rng = np.random.default_rng(4)
+    fast.conv2d(rand(rng, 1, 4, 5, 32), rand(rng, 24, 32, 3, 3), None, 1, 1)  # 16 <= O <= Cin, same padding
+    fast.conv2d(rand(rng, 1, 4, 5, 32), rand(rng, 8, 32, 3, 3), None, 1, 1)  # too few outputs: taps first
+    fast.conv2d(rand(rng, 1, 4, 5, 32), rand(rng, 24, 32, 3, 3), None, 1, 0)  # no padding: taps first
+    assert calls == [(24, 32, 3, 3)]
 
 
 @pytest.mark.parametrize("r", [2, 3])

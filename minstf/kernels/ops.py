@@ -8,10 +8,15 @@ float64 in portable mode). Weights keep PyTorch layouts (Linear `(out, in)`,
 Conv2d `(O, I, kH, kW)`); feature maps are channels-last `(B, H, W, C)`.
 
 Convolutions (stride 1) are matrix products on whole rows of pixels: a 1x1 one is a
-single product, the others go one of two ways, chosen by which moves fewer bytes:
+single product, the others go one of three ways:
 
     1x1 (WACNN's residual units and gates): one product over the channels, `linear`
-    taps first (O <= Cin: the slice networks, h_a, the last 3x3 of end_conv):
+    shifted products ("same" padding, 16 <= O <= Cin: the slice networks, h_a, h_s's last conv):
+        the map zero-padded and flattened to (rows * Wp, Cin); tap (dy, dx) is the product
+        of the slice that starts dy*Wp + dx rows further down, and BLAS adds all k*k of them
+        into one output (gemm's beta = 1, `blas.gemm_into`, in NumPy's own OpenBLAS)
+    taps first (the other O <= Cin: no padding, or few outputs like end_conv's last 3x3;
+    and where NumPy's BLAS is not the OpenBLAS of its wheel):
         Y = x @ [W_tap0 | W_tap1 | ...]        one product, (H*W, Cin) @ (Cin, k*k*O)
         out[i, j] = bias + sum over taps (dy, dx) of Y[i + dy - p, j + dx - p, tap's O columns]
         (shifted views of Y; taps that would read the zero padding are left out, so
@@ -20,7 +25,7 @@ single product, the others go one of two ways, chosen by which moves fewer bytes
         per block of output rows, the k*k shifted views of the zero-padded map side by
         side, (rows, k*k*Cin), then one product with the (k*k*Cin, O) matrix
 
-Weights keep PyTorch's layout in `params`; the (Cin, k*k*O) and (k*k*Cin, O)
+Weights keep PyTorch's layout in `params`; the (k*k, Cin, O), (Cin, k*k*O) and (k*k*Cin, O)
 matrices are made once per weight array (`layouts.derived`). Stride 2 (PatchEmbed,
 h_a, WACNN's g_a) uses im2col on strided views, by blocks of output rows on all cores.
 
@@ -35,10 +40,13 @@ import math
 from functools import partial
 
 from ..backend import erf, on_host, xp_of
+from . import blas
+from .blas import gemm_into
 from .layouts import derived, matmul_into
 from .threads import BLOCK, parallel_blocks, parallel_ranges, parallel_rows, row_blocks, scratch
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
+SHIFTED_MIN_OUT = 16  # narrower outputs stay taps first: BLAS runs products only O columns wide slowly
 
 
 def linear(x, weight, bias=None, out=None):
@@ -110,7 +118,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         return linear(x, weight.reshape(O, Cin), bias)  # (B, H, W, Cin) -> (B, H, W, O)
     x = xp.ascontiguousarray(x)
     out = xp.empty((B, Ho, Wo, O), dtype=x.dtype)
-    if O <= Cin:  # fewer bytes moved: Y has k*k*O values a pixel, im2col k*k*Cin (and needs less memory)
+    if on_host(x) and blas.available(x.dtype) and k % 2 == 1 and padding == k // 2 and SHIFTED_MIN_OUT <= O <= Cin:
+        for b in range(B):
+            _conv_shifted(x[b], weight, bias, out[b])  # (H, W, Cin) -> (H, W, O)
+    elif O <= Cin:  # fewer bytes moved: Y has k*k*O values a pixel, im2col k*k*Cin (and needs less memory)
         for b in range(B):
             _conv_taps_first(x[b], weight, bias, padding, out[b])  # (H, W, Cin) -> (Ho, Wo, O)
     else:
@@ -135,6 +146,41 @@ def _taps_first_matrix(weight):
 def _im2col_matrix(weight):
     O, Cin, k, _ = weight.shape
     return weight.transpose(2, 3, 1, 0).reshape(k * k * Cin, O)  # -> (k*k*Cin, O)
+
+
+def _shifted_matrices(weight):
+    O, Cin, k, _ = weight.shape
+    return weight.transpose(2, 3, 1, 0).reshape(k * k, Cin, O).copy()  # -> (k*k, Cin, O), tap (dy, dx) first
+
+
+def _conv_shifted(x, weight, bias, out):
+    """One image, "same" padding: the k*k tap products accumulated by BLAS into one output.
+
+    The map is laid out with p zero pixels on both sides of every row and p zero rows above
+    and below, flattened to (rows * Wp, Cin) with Wp = W + 2p. Tap (dy, dx) of output pixel
+    t = i*Wp + j then reads input row t + dy*Wp + dx: every tap is the same product on a
+    shifted, contiguous slice of the padded map, and BLAS adds it into the output itself
+    (gemm with beta = 1, `blas.gemm_into`): no pass of tap sums. Output columns j >= W are
+    products of wrapped-around pixels and are dropped. Args: x (H, W, Cin); out (H, W, O).
+    """
+    xp = xp_of(x)  # NumPy: BLAS is called on host memory
+    H, W, Cin = x.shape
+    O = out.shape[-1]
+    k = weight.shape[-1]
+    p = k // 2
+    Wp, N = W + 2 * p, H * (W + 2 * p)
+    w = derived(weight, "shifted", _shifted_matrices)  # (k*k, Cin, O)
+    xpad = xp.zeros(((H + 2 * p) * Wp + 2 * p, Cin), dtype=x.dtype)  # (rows*Wp + 2p, Cin), zero border
+    xpad[:(H + 2 * p) * Wp].reshape(H + 2 * p, Wp, Cin)[p:p + H, p:p + W] = x
+    acc = xp.empty((N, O), dtype=x.dtype)  # the output on the padded grid
+    for tap in range(k * k):
+        s = (tap // k) * Wp + tap % k  # the shift of tap (dy, dx)
+        gemm_into(xpad[s:s + N], w[tap], acc, beta=tap > 0)  # (N, Cin) @ (Cin, O), added to acc
+    y = acc.reshape(H, Wp, O)[:, :W]  # (N, O) -> (H, Wp, O) -> (H, W, O): the valid columns
+    if bias is None:
+        out[...] = y
+    else:
+        xp.add(y, bias, out=out)
 
 
 def _conv_taps_first(x, weight, bias, p, out):
