@@ -21,30 +21,35 @@ import numpy as np
 _ROW_MAJOR, _NO_TRANS = 101, 111  # CBLAS enums
 
 
-def _find():
-    """{dtype: cblas gemm function} of the OpenBLAS that NumPy's wheel bundles, or None."""
+def numpy_library():
+    """threadpoolctl's record of the OpenBLAS that NumPy's wheel bundles (in numpy.libs), or None.
+    Other BLAS libraries may be loaded beside it (SciPy's wheel bundles its own)."""
     try:
         from threadpoolctl import ThreadpoolController
         libs = ThreadpoolController().info()
-    except Exception:  # noqa: BLE001 — no BLAS introspection: no accumulating product
+    except Exception:  # noqa: BLE001 — no BLAS introspection
         return None
-    for lib in libs:
-        path = lib.get("filepath") or ""
-        if lib.get("internal_api") != "openblas" or os.path.basename(os.path.dirname(path)) != "numpy.libs":
-            continue
-        try:
-            dll = ctypes.CDLL(path)  # already loaded by NumPy: the same library, the same threads
-            fns = {np.dtype(np.float32): dll.scipy_cblas_sgemm64_, np.dtype(np.float64): dll.scipy_cblas_dgemm64_}
-        except (OSError, AttributeError):
-            return None
-        for dtype, fn in fns.items():
-            real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-            i64, ptr = ctypes.c_int64, ctypes.c_void_p
-            fn.restype = None
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64, ptr, i64,
-                           real, ptr, i64]
-        return fns
-    return None
+    return next((lib for lib in libs if lib.get("internal_api") == "openblas"
+                 and os.path.basename(os.path.dirname(lib.get("filepath") or "")) == "numpy.libs"), None)
+
+
+def _find():
+    """{dtype: cblas gemm function} of NumPy's bundled OpenBLAS, or None."""
+    lib = numpy_library()
+    if lib is None:
+        return None
+    try:
+        dll = ctypes.CDLL(lib["filepath"])  # already loaded by NumPy: the same library, the same threads
+        fns = {np.dtype(np.float32): dll.scipy_cblas_sgemm64_, np.dtype(np.float64): dll.scipy_cblas_dgemm64_}
+    except (OSError, AttributeError):
+        return None
+    for dtype, fn in fns.items():
+        real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64, ptr, i64,
+                       real, ptr, i64]
+    return fns
 
 
 _GEMM = _find()

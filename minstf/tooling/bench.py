@@ -172,9 +172,10 @@ def blas_kernels():
     a machine image that pins an older core (seen here: Haswell, AVX2, on an AVX-512 CPU)
     halves the products' speed while torch (oneDNN, MKL) still uses the whole CPU.
     """
+    from ..kernels.blas import numpy_library
     try:
         from threadpoolctl import threadpool_info
-        blas = next((p for p in threadpool_info() if p.get("user_api") == "blas"), None)
+        blas = numpy_library() or next((p for p in threadpool_info() if p.get("user_api") == "blas"), None)
     except ImportError:
         blas = None
     arch = (blas or {}).get("architecture") or ""
