@@ -79,6 +79,7 @@ CONVS = [  # B, H, W, Cin, O, k, stride, padding: every fast path (shifted produ
     (1, 7, 9, 24, 16, 3, 1, 1),  # shifted products, odd sizes
     (2, 5, 6, 20, 17, 5, 1, 2),  # shifted products 5x5, batch 2
     (1, 1, 1, 16, 16, 3, 1, 1),  # shifted products on a 1x1 map: every tap but the centre reads padding
+    (1, 40, 7, 16, 16, 3, 1, 1),  # shifted products, many rows: several row blocks (with tiny blocks)
     (1, 7, 9, 8, 5, 3, 1, 1),  # taps first, odd sizes
     (2, 11, 6, 3, 12, 5, 1, 2),  # im2col 5x5, batch 2
     (1, 9, 13, 6, 6, 3, 2, 1),  # stride 2, odd sizes (h_a)

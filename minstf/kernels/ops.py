@@ -154,33 +154,38 @@ def _shifted_matrices(weight):
 
 
 def _conv_shifted(x, weight, bias, out):
-    """One image, "same" padding: the k*k tap products accumulated by BLAS into one output.
+    """One image, "same" padding: the k*k tap products accumulated by BLAS into one output,
+    by blocks of output rows (the padded copy and the accumulator of a block stay ~16 MB).
 
-    The map is laid out with p zero pixels on both sides of every row and p zero rows above
-    and below, flattened to (rows * Wp, Cin) with Wp = W + 2p. Tap (dy, dx) of output pixel
-    t = i*Wp + j then reads input row t + dy*Wp + dx: every tap is the same product on a
-    shifted, contiguous slice of the padded map, and BLAS adds it into the output itself
-    (gemm with beta = 1, `blas.gemm_into`): no pass of tap sums. Output columns j >= W are
-    products of wrapped-around pixels and are dropped. Args: x (H, W, Cin); out (H, W, O).
+    A block's input rows are laid out with p zero pixels on both sides of every row and
+    zero rows above and below the image, flattened to (rows * Wp, Cin) with Wp = W + 2p.
+    Tap (dy, dx) of output pixel t = i*Wp + j then reads input row t + dy*Wp + dx: every
+    tap is the same product on a shifted, contiguous slice of the padded rows, and BLAS
+    adds it into the output itself (gemm with beta = 1, `blas.gemm_into`): no pass of tap
+    sums. Output columns j >= W are products of wrapped-around pixels and are dropped.
+    Args: x (H, W, Cin); out (H, W, O).
     """
     xp = xp_of(x)  # NumPy: BLAS is called on host memory
     H, W, Cin = x.shape
     O = out.shape[-1]
     k = weight.shape[-1]
     p = k // 2
-    Wp, N = W + 2 * p, H * (W + 2 * p)
+    Wp = W + 2 * p
     w = derived(weight, "shifted", _shifted_matrices)  # (k*k, Cin, O)
-    xpad = xp.zeros(((H + 2 * p) * Wp + 2 * p, Cin), dtype=x.dtype)  # (rows*Wp + 2p, Cin), zero border
-    xpad[:(H + 2 * p) * Wp].reshape(H + 2 * p, Wp, Cin)[p:p + H, p:p + W] = x
-    acc = xp.empty((N, O), dtype=x.dtype)  # the output on the padded grid
-    for tap in range(k * k):
-        s = (tap // k) * Wp + tap % k  # the shift of tap (dy, dx)
-        gemm_into(xpad[s:s + N], w[tap], acc, beta=tap > 0)  # (N, Cin) @ (Cin, O), added to acc
-    y = acc.reshape(H, Wp, O)[:, :W]  # (N, O) -> (H, Wp, O) -> (H, W, O): the valid columns
-    if bias is None:
-        out[...] = y
-    else:
-        xp.add(y, bias, out=out)
+    for h0, n in row_blocks(H, Wp * max(Cin, O), overlap=2 * p):
+        r0, r1 = max(0, h0 - p), min(H, h0 + n + p)  # the input rows these outputs read
+        xpad = xp.zeros(((n + 2 * p) * Wp + 2 * p, Cin), dtype=x.dtype)  # ((n+2p)*Wp + 2p, Cin), zero border
+        top = r0 - (h0 - p)  # zero rows above the image in this block
+        xpad[:(n + 2 * p) * Wp].reshape(n + 2 * p, Wp, Cin)[top:top + r1 - r0, p:p + W] = x[r0:r1]
+        acc = xp.empty((n * Wp, O), dtype=x.dtype)  # the block's output on the padded grid
+        for tap in range(k * k):
+            s = (tap // k) * Wp + tap % k  # the shift of tap (dy, dx)
+            gemm_into(xpad[s:s + n * Wp], w[tap], acc, beta=tap > 0)  # (n*Wp, Cin) @ (Cin, O), added to acc
+        y = acc.reshape(n, Wp, O)[:, :W]  # (n*Wp, O) -> (n, Wp, O) -> (n, W, O): the valid columns
+        if bias is None:
+            out[h0:h0 + n] = y
+        else:
+            xp.add(y, bias, out=out[h0:h0 + n])
 
 
 def _conv_taps_first(x, weight, bias, p, out):
