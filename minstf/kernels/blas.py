@@ -10,8 +10,8 @@ product is called in the library NumPy itself links, through ctypes:
     NumPy's wheels on PyPI bundle OpenBLAS as numpy.libs/libscipy_openblas64_*.so, whose
     row-major `scipy_cblas_sgemm64_` / `scipy_cblas_dgemm64_` take 64-bit integers.
 
-`gemm_into` is None where that library is not found (another build of NumPy, CuPy-only
-use); the convolutions then take their NumPy-only path.
+Where that library is not found (another build of NumPy, e.g. against MKL or Accelerate),
+`available()` is False and the convolutions take their NumPy-only paths.
 """
 import ctypes
 import os
