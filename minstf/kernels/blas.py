@@ -43,9 +43,9 @@ def _find():
         fns = {np.dtype(np.float32): dll.scipy_cblas_sgemm64_, np.dtype(np.float64): dll.scipy_cblas_dgemm64_}
     except (OSError, AttributeError):
         return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for dtype, fn in fns.items():
         real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
         fn.restype = None
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64, ptr, i64,
                        real, ptr, i64]

@@ -41,7 +41,6 @@ from functools import partial
 
 from ..backend import erf, on_host, xp_of
 from . import blas
-from .blas import gemm_into
 from .layouts import derived, matmul_into
 from .threads import BLOCK, parallel_blocks, parallel_ranges, parallel_rows, row_blocks, scratch
 
@@ -180,7 +179,7 @@ def _conv_shifted(x, weight, bias, out):
         acc = xp.empty((n * Wp, O), dtype=x.dtype)  # the block's output on the padded grid
         for tap in range(k * k):
             s = (tap // k) * Wp + tap % k  # the shift of tap (dy, dx)
-            gemm_into(xpad[s:s + n * Wp], w[tap], acc, beta=tap > 0)  # (n*Wp, Cin) @ (Cin, O), added to acc
+            blas.gemm_into(xpad[s:s + n * Wp], w[tap], acc, beta=tap > 0)  # (n*Wp, Cin) @ (Cin, O), added to acc
         y = acc.reshape(n, Wp, O)[:, :W]  # (n*Wp, O) -> (n, Wp, O) -> (n, W, O): the valid columns
         if bias is None:
             out[h0:h0 + n] = y
